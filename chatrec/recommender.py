@@ -1,0 +1,132 @@
+"""Turn user vectors into ranked, explained recommendation rows.
+
+`Recommender` is the top-K stage's Ray Data callable: it loads the serialised FAISS index
+and the catalogue once per actor, then for each block of users searches, excludes seen
+items, and explains every result. `popularity_rows` serves users with no usable history.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import ray
+
+from chatrec import schemas
+from chatrec.catalogue import ItemCatalogue
+from chatrec.encoder import PROGRESS_EVERY_S, fixed_size_list_to_numpy
+from chatrec.explain import because_rows, reason
+from chatrec.retrieval import ExactIndex, choose_backend
+
+logger = logging.getLogger(__name__)
+
+
+def _get(value):
+    return ray.get(value) if isinstance(value, ray.ObjectRef) else value
+
+
+class Recommender:
+    """user vectors (schemas.user_vectors) -> recommendations (schemas.RECOMMENDATIONS)."""
+
+    def __init__(
+        self,
+        *,
+        index: np.ndarray | ray.ObjectRef,
+        catalogue: ItemCatalogue | ray.ObjectRef,
+        top_k: int,
+        search_batch_size: int,
+        run_id: str,
+        backend: str = "cpu",
+        threads: int | None = None,
+    ) -> None:
+        if threads:
+            faiss.omp_set_num_threads(threads)
+        # Fails with a clear message when a GPU actor's node has faiss-cpu only.
+        backend = choose_backend(backend)
+        self.index = ExactIndex.from_bytes(_get(index), backend)
+        self.catalogue: ItemCatalogue = _get(catalogue)
+        self.top_k = top_k
+        self.search_batch_size = search_batch_size
+        self.run_id = run_id
+        self._done = 0
+        self._started = self._last_log = time.monotonic()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        parts = [
+            self._recommend(batch.slice(start, self.search_batch_size))
+            for start in range(0, batch.num_rows, self.search_batch_size)
+        ]
+        self._report(batch.num_rows)
+        return pa.concat_tables(parts) if parts else schemas.RECOMMENDATIONS.empty_table()
+
+    def _recommend(self, batch: pa.Table) -> pa.Table:
+        queries = fixed_size_list_to_numpy(batch.column("embedding"))  # (n, dim)
+        seen = [np.asarray(s, dtype=np.int64) for s in batch.column("seen_rows").to_pylist()]
+        recent = [np.asarray(r, dtype=np.int64) for r in batch.column("recent_rows").to_pylist()]
+        top = self.index.search_excluding(queries, self.top_k, seen)  # (n, k)
+        user_ids = batch.column("user_id").to_pylist()
+        out_user, out_rank, out_rows, out_scores, out_because, out_reason = [], [], [], [], [], []
+        for u, user in enumerate(user_ids):
+            valid = top.rows[u] >= 0  # fewer only when the catalogue has < k unseen items
+            rows = top.rows[u][valid]
+            because = because_rows(self.catalogue, rows, recent[u])  # (k,)
+            out_user.extend([user] * len(rows))
+            out_rank.extend(range(1, len(rows) + 1))
+            out_rows.append(rows)
+            out_scores.append(top.scores[u][valid])
+            out_because.append(because)
+            out_reason.extend(reason(self.catalogue, int(r), int(b)) for r, b in zip(rows, because))
+        rows = np.concatenate(out_rows) if out_rows else np.zeros(0, np.int64)
+        because = np.concatenate(out_because) if out_because else np.zeros(0, np.int64)
+        ids = self.catalogue.item_ids
+        return pa.table(
+            {
+                "user_id": pa.array(out_user, pa.string()),
+                "rank": pa.array(out_rank, pa.int32()),
+                "item_id": pa.array(ids[rows].tolist(), pa.string()),
+                "score": pa.array(np.concatenate(out_scores) if out_scores else [], pa.float32()),
+                "because_item_id": pa.array([ids[b] if b >= 0 else None for b in because], pa.string()),
+                "reason": pa.array(out_reason, pa.string()),
+                "strategy": pa.array(["content"] * len(rows), pa.string()),
+                "run_id": pa.array([self.run_id] * len(rows), pa.string()),
+            },
+            schema=schemas.RECOMMENDATIONS,
+        )
+
+    def _report(self, rows: int) -> None:
+        self._done += rows
+        now = time.monotonic()
+        if now - self._last_log >= PROGRESS_EVERY_S:
+            rate = self._done / max(now - self._started, 1e-9)
+            logger.info("top-K actor: %d users scored (%.0f users/s)", self._done, rate)
+            self._last_log = now
+
+
+def popularity_rows(user_ids: list[str], popularity: pa.Table, *, top_k: int, run_id: str) -> pa.Table:
+    """The same top-K most popular items for each user (who has no usable history).
+
+    score is the share of users who interacted with the item; strategy is "popularity".
+    """
+    top = popularity.slice(0, top_k)
+    k = top.num_rows
+    items = top.column("item_id").to_pylist()
+    shares = top.column("share").to_pylist()
+    counts = top.column("users").to_pylist()
+    reasons = [f"popular: {c} users interacted with it" for c in counts]
+    n = len(user_ids)
+    return pa.table(
+        {
+            "user_id": pa.array([u for u in user_ids for _ in range(k)], pa.string()),
+            "rank": pa.array(list(range(1, k + 1)) * n, pa.int32()),
+            "item_id": pa.array(items * n, pa.string()),
+            "score": pa.array(shares * n, pa.float32()),
+            "because_item_id": pa.array([None] * (k * n), pa.string()),
+            "reason": pa.array(reasons * n, pa.string()),
+            "strategy": pa.array(["popularity"] * (k * n), pa.string()),
+            "run_id": pa.array([run_id] * (k * n), pa.string()),
+        },
+        schema=schemas.RECOMMENDATIONS,
+    )

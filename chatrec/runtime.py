@@ -1,0 +1,132 @@
+"""Connect to Ray, read the cluster's resources once, and size the actor pools from them.
+
+On a laptop `connect` starts a local Ray (the embedded default). With RAY_ADDRESS set, under
+`ray job submit`, or with `ray.address` in the config, the same code joins that cluster.
+GPU/CPU decisions are made here, from these numbers, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Literal
+
+import ray
+
+from chatrec.config import EncoderConfig, RayConfig, RetrievalConfig
+from chatrec.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+# BERT-style encoders stop scaling with intra-op threads at about 4 on CPU; past that,
+# more actors of 4 threads each use the cores better than fewer, wider actors.
+MAX_THREADS_PER_CPU_ACTOR = 4
+
+
+@dataclass(frozen=True)
+class ClusterResources:
+    cpus: int
+    gpus: int
+    nodes: int
+    max_cpus_per_node: int
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    """How one stage's actor pool is laid out."""
+
+    num_actors: int
+    num_cpus: float  # Ray's CPU reservation per actor
+    num_gpus: float
+    threads: int | None  # torch / FAISS threads per CPU actor
+    device: Literal["cpu", "cuda"]
+
+    def describe(self) -> str:
+        kind = f"{self.num_gpus:g} GPU" if self.num_gpus else f"{self.threads} threads"
+        return f"{self.num_actors} actor(s) x {kind} ({self.device})"
+
+
+def connect(cfg: RayConfig) -> ClusterResources:
+    """Join (or start) Ray and read its resources."""
+    if not ray.is_initialized():
+        address = cfg.address or os.environ.get("RAY_ADDRESS")
+        kwargs = {"num_cpus": cfg.num_cpus} if not address and cfg.num_cpus else {}
+        ray.init(address=address, logging_level=logging.WARNING, **kwargs)
+    configure_ray_data()
+    return cluster_resources()
+
+
+def configure_ray_data() -> None:
+    ctx = ray.data.DataContext.get_current()
+    # Progress bars garble non-TTY logs (`ray job submit`, schedulers): plain lines there.
+    ctx.enable_progress_bars = sys.stderr.isatty()
+    ctx.print_on_execution_start = False
+    # Keep rows in their input order so the same inputs write the same files.
+    ctx.execution_options.preserve_order = True
+
+
+def cluster_resources() -> ClusterResources:
+    total = ray.cluster_resources()
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    per_node = [int(n.get("Resources", {}).get("CPU", 0)) for n in alive] or [int(total.get("CPU", 1))]
+    return ClusterResources(
+        cpus=int(total.get("CPU", 1)),
+        gpus=int(total.get("GPU", 0)),
+        nodes=max(len(alive), 1),
+        max_cpus_per_node=max(max(per_node), 1),
+    )
+
+
+def _cpu_threads(requested: int | Literal["auto"], res: ClusterResources) -> int:
+    if requested == "auto":
+        return max(1, min(res.max_cpus_per_node, MAX_THREADS_PER_CPU_ACTOR))
+    if requested > res.max_cpus_per_node:
+        raise ConfigError(
+            f"encoder.cpus_per_actor is {requested} but the largest node has {res.max_cpus_per_node} CPUs"
+        )
+    return requested
+
+
+def _cpu_pool(requested_actors: int | Literal["auto"], threads: int, res: ClusterResources) -> ActorPlan:
+    """CPU actors that never reserve every CPU of the cluster.
+
+    Ray Data runs its read, list and write steps as tasks needing a CPU each; a pool that
+    reserves all CPUs starves them and the dataset hangs. So the pool's reservation leaves
+    one CPU free, while each actor still runs `threads` torch/FAISS threads (on a 2-core
+    laptop: one actor reserving 1 CPU and computing on 2; the light I/O tasks share).
+    """
+    spare = max(res.cpus - 1, 1)
+    n = max(1, spare // threads) if requested_actors == "auto" else requested_actors
+    reserve = min(float(threads), max(spare / n, 0.5) if res.cpus > 1 else 0.5)
+    return ActorPlan(num_actors=n, num_cpus=reserve, num_gpus=0, threads=threads, device="cpu")
+
+
+def _use_gpu(requested: Literal["auto", "cpu", "gpu"], res: ClusterResources, key: str) -> bool:
+    if requested == "gpu" and res.gpus == 0:
+        raise ConfigError(f"{key} is 'gpu' but the Ray cluster has no GPUs; use 'auto' or 'cpu'")
+    return requested == "gpu" or (requested == "auto" and res.gpus > 0)
+
+
+def encoder_plan(cfg: EncoderConfig, res: ClusterResources) -> ActorPlan:
+    if _use_gpu(cfg.device, res, "encoder.device"):
+        n = res.gpus if cfg.num_actors == "auto" else cfg.num_actors
+        return ActorPlan(num_actors=n, num_cpus=1, num_gpus=1, threads=None, device="cuda")
+    return _cpu_pool(cfg.num_actors, _cpu_threads(cfg.cpus_per_actor, res), res)
+
+
+def encoder_precision(cfg: EncoderConfig, plan: ActorPlan) -> Literal["fp32", "fp16", "bf16"]:
+    if cfg.precision != "auto":
+        if cfg.precision != "fp32" and plan.device == "cpu":
+            raise ConfigError(f"encoder.precision {cfg.precision!r} needs GPU actors; CPU encoding is fp32")
+        return cfg.precision
+    return "fp16" if plan.device == "cuda" else "fp32"
+
+
+def retrieval_plan(cfg: RetrievalConfig, res: ClusterResources) -> ActorPlan:
+    """Top-K actors: FAISS on GPU when requested/available, else CPU actors."""
+    if _use_gpu(cfg.backend, res, "retrieval.backend"):
+        n = res.gpus if cfg.num_actors == "auto" else cfg.num_actors
+        return ActorPlan(num_actors=n, num_cpus=1, num_gpus=1, threads=None, device="cuda")
+    return _cpu_pool(cfg.num_actors, _cpu_threads("auto", res), res)

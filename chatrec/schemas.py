@@ -1,0 +1,124 @@
+"""Arrow schemas of the tables that flow from stage to stage, and of the published outputs.
+
+Each stage reads tables of one schema and writes tables of another; nothing reaches into
+another stage's internals. Embedding columns are fixed-size lists so a reader knows the
+dimension from the schema alone.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# Bookkeeping columns carried from the readers to validation, so a reject can name
+# the file and row it came from. They never reach a published table.
+SOURCE_COL = "__source"
+ROW_COL = "__row"
+
+# -- validated inputs -------------------------------------------------------------------
+
+ITEMS = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("title", pa.string(), nullable=False),
+        pa.field("year", pa.string()),
+        pa.field("categories", pa.list_(pa.string())),
+        pa.field("description", pa.string()),
+        # Remaining columns rendered as "name: value", in column order, nulls left out.
+        pa.field("attributes", pa.list_(pa.string())),
+    ]
+)
+
+INTERACTIONS = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("timestamp", pa.int64(), nullable=False),  # seconds since the epoch
+    ]
+)
+
+USERS = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("attributes", pa.list_(pa.string())),  # "name: value", as for items
+    ]
+)
+
+REJECTS = pa.schema(
+    [
+        pa.field("source", pa.string(), nullable=False),  # file the row came from
+        pa.field("row", pa.int64(), nullable=False),  # 1-based data row in that file
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("raw", pa.string()),  # the row as JSON, for inspection
+    ]
+)
+
+# -- intermediate tables ----------------------------------------------------------------
+
+ITEM_TEXT = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("row", pa.int32(), nullable=False),  # position in the item matrix
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("text_sha256", pa.string(), nullable=False),
+    ]
+)
+
+HISTORIES = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        # Most recent first, at most history.max_items: the user vector's input.
+        pa.field("recent_rows", pa.list_(pa.int32())),
+        # Every item the user interacted with: excluded from their recommendations.
+        pa.field("seen_rows", pa.list_(pa.int32())),
+        pa.field("history_len", pa.int32(), nullable=False),
+    ]
+)
+
+
+def embedding_type(dim: int) -> pa.DataType:
+    return pa.list_(pa.float32(), dim)
+
+
+def user_vectors(dim: int) -> pa.Schema:
+    """Histories plus the user vector: the top-K stage's input."""
+    return HISTORIES.append(pa.field("embedding", embedding_type(dim), nullable=False))
+
+
+# -- published outputs --------------------------------------------------------------------
+
+
+def item_embeddings(dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("item_id", pa.string(), nullable=False),
+            pa.field("embedding", embedding_type(dim), nullable=False),
+            pa.field("text_sha256", pa.string(), nullable=False),
+            pa.field("model_fingerprint", pa.string(), nullable=False),
+        ]
+    )
+
+
+def user_embeddings(dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("user_id", pa.string(), nullable=False),
+            pa.field("embedding", embedding_type(dim), nullable=False),
+            pa.field("history_len", pa.int32(), nullable=False),
+        ]
+    )
+
+
+# `strategy` says which signal produced a row: "content" (history vector vs item text
+# vectors) or "popularity" (fallback for users with no usable history).
+RECOMMENDATIONS = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),  # 1..K
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("score", pa.float32(), nullable=False),
+        pa.field("because_item_id", pa.string()),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("strategy", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+    ]
+)

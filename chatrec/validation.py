@@ -1,0 +1,295 @@
+"""Validate input tables against the contract.
+
+Two kinds of problem, two outcomes:
+- the table as a whole is wrong (missing column, wrong type, duplicate ids): InputDataError
+  naming the file, the column and an example row; the run stops.
+- a row is wrong (null id, unknown item, unparsable timestamp, empty title): the row goes to
+  the rejects table with its file, row number, reason and raw content, and is counted.
+  Reasons read "kind: detail"; the manifest counts rejects by kind.
+Nothing is dropped without a rejects row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+import pyarrow as pa
+
+from chatrec import schemas
+from chatrec.errors import InputDataError
+from chatrec.schemas import ROW_COL, SOURCE_COL
+
+_BOOKKEEPING = (SOURCE_COL, ROW_COL)
+ITEM_CORE_COLUMNS = ("item_id", "title", "year", "categories", "description")
+_REASON = "__reason"
+
+
+@dataclass(frozen=True)
+class Validated:
+    """A clean table in its contract schema plus the rows rejected on the way."""
+
+    table: pa.Table
+    rejects: pa.Table
+    rows_read: int
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def _first_source(df: pl.DataFrame, fallback: str) -> str:
+    return df[SOURCE_COL][0] if df.height else fallback
+
+
+def _require_columns(df: pl.DataFrame, required: tuple[str, ...], what: str, location: str) -> None:
+    present = [c for c in df.columns if c not in _BOOKKEEPING]
+    for col in required:
+        if col not in df.columns:
+            raise InputDataError(
+                f"{what} table has no {col!r} column (its columns are {present}); "
+                f"add it or map a column to it with `rename`",
+                source=_first_source(df, location),
+                column=col,
+                row=1 if df.height else None,
+            )
+
+
+def _type_error(df: pl.DataFrame, col: str, expected: str, location: str) -> InputDataError:
+    non_null = df.filter(pl.col(col).is_not_null())
+    example = non_null.row(0, named=True) if non_null.height else df.row(0, named=True)
+    return InputDataError(
+        f"expected {expected}, found {df.schema[col]} (e.g. {example[col]!r})",
+        source=example[SOURCE_COL] if df.height else location,
+        column=col,
+        row=example[ROW_COL] if df.height else None,
+    )
+
+
+def _empty_id(col: str) -> pl.Expr:
+    return pl.col(col).is_null() | (pl.col(col).str.strip_chars() == "")
+
+
+def _as_text(df: pl.DataFrame, col: str, what: str, location: str, *, join: str) -> pl.Expr:
+    """A scalar or list-of-strings column as one text value (lists joined)."""
+    dtype = df.schema[col]
+    if dtype == pl.String:
+        return pl.col(col)
+    if isinstance(dtype, pl.List) and dtype.inner == pl.String:
+        return pl.col(col).list.join(join)
+    if dtype.is_numeric() or dtype.is_temporal():
+        return pl.col(col).cast(pl.String)
+    raise _type_error(df, col, what, location)
+
+
+def _attributes(df: pl.DataFrame, columns: list[str]) -> pl.Expr:
+    """Columns rendered as a list of "name: value" strings, nulls left out."""
+    parts = []
+    for name in columns:
+        dtype = df.schema[name]
+        if isinstance(dtype, pl.List):
+            value = pl.col(name).cast(pl.List(pl.String)).list.join(", ")
+        elif isinstance(dtype, pl.Struct):
+            value = pl.col(name).struct.json_encode()
+        else:
+            value = pl.col(name).cast(pl.String)
+        parts.append(pl.when(value.is_not_null() & (value != "")).then(pl.lit(f"{name}: ") + value))
+    if not parts:
+        return pl.lit([], dtype=pl.List(pl.String))
+    return pl.concat_list(parts).list.drop_nulls()
+
+
+def _split_rejects(df: pl.DataFrame, reason: pl.Expr) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Rows where `reason` is non-null are rejected; the first failing check names the reason."""
+    df = df.with_columns(reason.alias(_REASON))
+    return df.filter(pl.col(_REASON).is_null()).drop(_REASON), df.filter(pl.col(_REASON).is_not_null())
+
+
+def rejects_table(rejected: pl.DataFrame) -> pa.Table:
+    """Rejected rows in the published rejects schema, the raw row kept as JSON."""
+    if rejected.height == 0:
+        return schemas.REJECTS.empty_table()
+    data_cols = [c for c in rejected.columns if c not in (*_BOOKKEEPING, _REASON)]
+    raw = pl.struct([pl.col(c).cast(pl.String) if _scalar(rejected, c) else pl.col(c) for c in data_cols])
+    out = rejected.select(
+        pl.col(SOURCE_COL).alias("source"),
+        pl.col(ROW_COL).cast(pl.Int64).alias("row"),
+        pl.col(_REASON).alias("reason"),
+        raw.struct.json_encode().alias("raw"),
+    )
+    return out.to_arrow().cast(schemas.REJECTS)
+
+
+def _scalar(df: pl.DataFrame, col: str) -> bool:
+    return not isinstance(df.schema[col], (pl.List, pl.Struct, pl.Array))
+
+
+def _first_reason(*checks: tuple[pl.Expr, pl.Expr]) -> pl.Expr:
+    expr = pl.lit(None, dtype=pl.String)
+    for condition, message in reversed(checks):
+        expr = pl.when(condition).then(message).otherwise(expr)
+    return expr
+
+
+def _raise_on_duplicates(df: pl.DataFrame, col: str, what: str) -> None:
+    dup = df.filter(pl.col(col).is_duplicated()).sort(col, SOURCE_COL, ROW_COL).head(2)
+    if dup.height:
+        a, b = dup.row(0, named=True), dup.row(1, named=True)
+        raise InputDataError(
+            f"{what} ids must be unique: {a[col]!r} appears at row {a[ROW_COL]} and again at "
+            f"row {b[ROW_COL]} of {b[SOURCE_COL]}",
+            source=a[SOURCE_COL],
+            column=col,
+            row=a[ROW_COL],
+        )
+
+
+# -- items ------------------------------------------------------------------------------
+
+
+def validate_items(
+    raw: pa.Table, *, location: str, attributes: list[str] | None, categories_delimiter: str
+) -> Validated:
+    df = pl.from_arrow(raw)
+    _require_columns(df, ("item_id", "title"), "items", location)
+    title = _as_text(df, "title", "text (a string or a list of strings)", location, join=" ")
+    description = (
+        _as_text(df, "description", "text", location, join=" ")
+        if "description" in df.columns
+        else pl.lit(None, dtype=pl.String)
+    )
+    year = _as_text(df, "year", "a year", location, join=" ") if "year" in df.columns else pl.lit(None, dtype=pl.String)
+    categories = _categories(df, categories_delimiter, location)
+
+    extra = [c for c in df.columns if c not in (*ITEM_CORE_COLUMNS, *_BOOKKEEPING)]
+    if attributes is None:
+        attr_cols = extra
+    else:
+        unknown = [c for c in attributes if c not in df.columns]
+        if unknown:
+            raise InputDataError(
+                f"item_text.attributes names columns the items table does not have "
+                f"(it has {[c for c in df.columns if c not in _BOOKKEEPING]})",
+                source=_first_source(df, location),
+                column=unknown[0],
+            )
+        attr_cols = list(attributes)
+
+    df = df.with_columns(
+        pl.col("item_id").str.strip_chars().alias("item_id"),
+        title.str.strip_chars().alias("__title"),
+    )
+    clean, rejected = _split_rejects(
+        df,
+        _first_reason(
+            (_empty_id("item_id"), pl.lit("null id: item_id is null or empty")),
+            (pl.col("__title").is_null() | (pl.col("__title") == ""), pl.lit("empty title: title is null or empty")),
+        ),
+    )
+    _raise_on_duplicates(clean, "item_id", "item")
+    table = clean.select(
+        pl.col("item_id"),
+        pl.col("__title").alias("title"),
+        year.str.strip_chars().alias("year"),
+        categories.alias("categories"),
+        description.str.strip_chars().alias("description"),
+        _attributes(clean, attr_cols).alias("attributes"),
+    ).sort("item_id")
+    return Validated(table.to_arrow().cast(schemas.ITEMS), rejects_table(rejected.drop("__title")), raw.num_rows)
+
+
+def _categories(df: pl.DataFrame, delimiter: str, location: str) -> pl.Expr:
+    if "categories" not in df.columns:
+        return pl.lit(None, dtype=pl.List(pl.String))
+    dtype = df.schema["categories"]
+    if dtype == pl.String:
+        split = pl.col("categories").str.split(delimiter)
+    elif isinstance(dtype, pl.List) and dtype.inner == pl.String:
+        split = pl.col("categories")
+    else:
+        raise _type_error(df, "categories", f"a list of strings or a {delimiter!r}-delimited string", location)
+    return split.list.eval(pl.element().str.strip_chars()).list.eval(pl.element().filter(pl.element() != ""))
+
+
+# -- interactions -----------------------------------------------------------------------
+
+
+def _timestamp_seconds(df: pl.DataFrame, location: str) -> pl.Expr:
+    """Timestamps as int64 seconds: from integers, floats (floored), Arrow timestamps or text.
+
+    Text is parsed per row (integer seconds or ISO-8601); cells that do not parse become
+    null and are rejected by the caller.
+    """
+    dtype = df.schema["timestamp"]
+    col = pl.col("timestamp")
+    if dtype.is_integer():
+        return col.cast(pl.Int64)
+    if dtype.is_float():
+        return pl.when(col.is_finite()).then(col.floor().cast(pl.Int64))
+    if isinstance(dtype, pl.Datetime):
+        return col.dt.epoch("s")
+    if dtype == pl.Date:
+        return col.cast(pl.Datetime("us")).dt.epoch("s")
+    if dtype == pl.String:
+        text = col.str.strip_chars()
+        as_number = text.cast(pl.Float64, strict=False)
+        as_datetime = text.str.to_datetime(strict=False, time_zone="UTC").dt.epoch("s")
+        return pl.coalesce(pl.when(as_number.is_finite()).then(as_number.floor().cast(pl.Int64)), as_datetime)
+    raise _type_error(df, "timestamp", "int64 seconds, an Arrow timestamp, or text", location)
+
+
+def validate_interactions(raw: pa.Table, *, location: str, item_ids: pa.Array) -> Validated:
+    df = pl.from_arrow(raw)
+    _require_columns(df, ("user_id", "item_id", "timestamp"), "interactions", location)
+    known = pl.Series("known", item_ids.to_pylist(), dtype=pl.String)
+    df = df.with_columns(
+        pl.col("user_id").str.strip_chars(),
+        pl.col("item_id").str.strip_chars(),
+        _timestamp_seconds(df, location).alias("__ts"),
+    )
+    clean, rejected = _split_rejects(
+        df,
+        _first_reason(
+            (_empty_id("user_id"), pl.lit("null id: user_id is null or empty")),
+            (_empty_id("item_id"), pl.lit("null id: item_id is null or empty")),
+            (
+                ~pl.col("item_id").is_in(known.implode()),
+                pl.lit("unknown item: item_id ") + pl.col("item_id") + pl.lit(" is not in the catalogue"),
+            ),
+            (pl.col("timestamp").is_null(), pl.lit("null timestamp: timestamp is null")),
+            (
+                pl.col("__ts").is_null(),
+                pl.lit("unparsable timestamp: ") + pl.col("timestamp").cast(pl.String) + pl.lit(" is neither seconds nor an ISO-8601 date"),
+            ),
+        ),
+    )
+    table = clean.select("user_id", "item_id", pl.col("__ts").alias("timestamp"))
+    return Validated(table.to_arrow().cast(schemas.INTERACTIONS), rejects_table(rejected.drop("__ts")), raw.num_rows)
+
+
+def user_ids_in_log(raw: pa.Table) -> pa.Array:
+    """Non-empty user ids that appear in the raw interaction log (valid rows or not).
+
+    A user whose every interaction was rejected still gets recommendations (the
+    popularity fallback): a person is never dropped because their rows were bad.
+    """
+    if "user_id" not in raw.column_names:
+        return pa.array([], pa.string())
+    df = pl.from_arrow(raw.select(["user_id"]))
+    ids = df.select(pl.col("user_id").str.strip_chars()).filter(~_empty_id("user_id")).unique()
+    return ids.to_series().to_arrow().cast(pa.string())
+
+
+# -- users ------------------------------------------------------------------------------
+
+
+def validate_users(raw: pa.Table, *, location: str) -> Validated:
+    df = pl.from_arrow(raw)
+    _require_columns(df, ("user_id",), "users", location)
+    attr_cols = [c for c in df.columns if c not in ("user_id", *_BOOKKEEPING)]
+    df = df.with_columns(pl.col("user_id").str.strip_chars())
+    clean, rejected = _split_rejects(
+        df, _first_reason((_empty_id("user_id"), pl.lit("null id: user_id is null or empty")))
+    )
+    _raise_on_duplicates(clean, "user_id", "user")
+    table = clean.select("user_id", _attributes(clean, attr_cols).alias("attributes")).sort("user_id")
+    return Validated(table.to_arrow().cast(schemas.USERS), rejects_table(rejected), raw.num_rows)

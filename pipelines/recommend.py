@@ -1,0 +1,44 @@
+"""Stages 5-6: user vectors -> top-K items per user, seen items excluded, each explained.
+
+The FAISS index is built once on the driver, serialised into the object store once, and
+loaded once per actor; users are sharded across the actors block by block.
+"""
+
+from __future__ import annotations
+
+import ray
+
+from chatrec.config import RetrievalConfig
+from chatrec.recommender import Recommender
+from chatrec.runtime import ActorPlan
+from pipelines.embed_users import USERS_PER_BLOCK
+
+
+def recommend(
+    *,
+    user_vectors_path: str,
+    index_ref: ray.ObjectRef,
+    catalogue_ref: ray.ObjectRef,
+    retrieval: RetrievalConfig,
+    plan: ActorPlan,
+    run_id: str,
+    out_path: str,
+) -> None:
+    ds = ray.data.read_parquet(user_vectors_path).map_batches(
+        Recommender,
+        fn_constructor_kwargs=dict(
+            index=index_ref,
+            catalogue=catalogue_ref,
+            top_k=retrieval.top_k,
+            search_batch_size=retrieval.batch_size,
+            run_id=run_id,
+            backend="gpu" if plan.device == "cuda" else "cpu",
+            threads=plan.threads,
+        ),
+        batch_size=USERS_PER_BLOCK,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=plan.num_actors),
+        num_cpus=plan.num_cpus,
+        num_gpus=plan.num_gpus,
+    )
+    ds.write_parquet(out_path)
