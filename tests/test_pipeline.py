@@ -1,0 +1,161 @@
+"""The full job on a real local Ray with the tiny BERT: known answers, invariants, publishing."""
+
+import json
+import os
+
+import pyarrow.dataset as pads
+import pytest
+
+from chatrec.cli import main
+from chatrec.config import load_config
+from chatrec.errors import InputDataError, PublishError
+from chatrec.publish import read_latest
+from pipelines.full_run import run_job
+from tests.conftest import make_toy_catalogue, write_parquet
+
+
+def config(paths, output, model_dir, **extra):
+    overrides = {
+        "inputs": {"items": str(paths["items"]), "interactions": str(paths["interactions"])},
+        "encoder": {"model": str(model_dir), "max_length": 32},
+        "retrieval": {"top_k": 3},
+        "output": {"path": str(output)},
+    }
+    for key, value in extra.items():
+        section, name = key.split("__")
+        overrides.setdefault(section, {})[name] = value
+    return load_config(None, overrides)
+
+
+def table(run_dir, name):
+    return pads.dataset(os.path.join(run_dir, name), format="parquet").to_table()
+
+
+def recs_by_user(run_dir):
+    out = {}
+    for r in table(run_dir, "recommendations").sort_by([("user_id", "ascending"), ("rank", "ascending")]).to_pylist():
+        out.setdefault(r["user_id"], []).append(r)
+    return out
+
+
+@pytest.fixture(scope="module")
+def toy_run(ray_cluster, tiny_model_dir, tmp_path_factory):
+    base = tmp_path_factory.mktemp("toy")
+    paths = make_toy_catalogue(base)
+    result = run_job(config(paths, base / "out", tiny_model_dir, output__run_id="first"))
+    return paths, base, result
+
+
+def test_known_answers(toy_run):
+    _, _, result = toy_run
+    recs = recs_by_user(result.run_dir)
+    # Identical texts give identical vectors: the twin of what you saw comes first.
+    assert recs["u1"][0]["item_id"] == "a2" and recs["u1"][0]["because_item_id"] == "a1"
+    assert recs["u1"][0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert recs["u2"][0]["item_id"] == "b2" and recs["u2"][0]["because_item_id"] == "b1"
+    assert "both romance" in recs["u2"][0]["reason"]
+
+
+def test_seen_items_excluded_and_exactly_k_rows(toy_run):
+    _, _, result = toy_run
+    seen = {"u1": {"a1"}, "u2": {"b1"}, "u3": {"c1", "c2"}, "u4": {"d1", "a1"}}
+    recs = recs_by_user(result.run_dir)
+    assert set(recs) == set(seen)
+    for user, rows in recs.items():
+        assert [r["rank"] for r in rows] == [1, 2, 3]
+        assert not {r["item_id"] for r in rows} & seen[user]
+        assert all(r["strategy"] == "content" and r["run_id"] == "first" for r in rows)
+        assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+        assert all(r["because_item_id"] in seen[user] for r in rows)
+
+
+def test_manifest_counts_equal_rows_written_and_latest_commits(toy_run):
+    _, base, result = toy_run
+    run_dir = result.run_dir
+    manifest = json.loads(open(os.path.join(run_dir, "manifest.json")).read())
+    for name in ("recommendations", "item_embeddings", "user_embeddings", "rejects"):
+        assert manifest["outputs"][name] == table(run_dir, name).num_rows
+    assert manifest["outputs"]["recommendations"] == 4 * 3
+    assert manifest["outputs"]["item_embeddings"] == 8
+    assert manifest["users"] == {"covered": 4, "with_history": 4, "popularity_fallback": 0}
+    assert [s["name"] for s in manifest["stages"]][:3] == ["read+validate", "item-text", "embed-items"]
+    assert read_latest(str(base / "out")) == str(base / "out") + "/runs/first"
+    assert not os.listdir(base / "out" / ".staging")  # staging moved, nothing left behind
+    assert not os.path.exists(os.path.join(run_dir, "_work"))
+    emb = table(run_dir, "item_embeddings")
+    assert emb.schema.field("embedding").type.list_size == 32
+    assert set(emb.column("model_fingerprint").to_pylist()) == {manifest["model"]["fingerprint"]}
+
+
+def test_same_inputs_same_output(toy_run, tiny_model_dir):
+    paths, base, result = toy_run
+    again = run_job(config(paths, base / "out2", tiny_model_dir, output__run_id="first"))
+    key = [("user_id", "ascending"), ("rank", "ascending")]
+    assert table(again.run_dir, "recommendations").sort_by(key).equals(table(result.run_dir, "recommendations").sort_by(key))
+
+
+def test_published_run_is_never_overwritten(toy_run, tiny_model_dir):
+    paths, base, result = toy_run
+    before = table(result.run_dir, "recommendations")
+    with pytest.raises(PublishError, match="already published"):
+        run_job(config(paths, base / "out", tiny_model_dir, output__run_id="first"))
+    assert table(result.run_dir, "recommendations").equals(before)
+
+
+def test_schema_error_publishes_nothing(ray_cluster, tiny_model_dir, tmp_path):
+    paths = make_toy_catalogue(tmp_path)
+    write_parquet(paths["items"], {"item_id": ["x", "x"], "title": ["a", "b"]})
+    with pytest.raises(InputDataError, match="appears at row 1 and again at row 2"):
+        run_job(config(paths, tmp_path / "out", tiny_model_dir))
+    assert read_latest(str(tmp_path / "out")) is None
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_rejects_and_popularity_fallback(ray_cluster, tiny_model_dir, tmp_path):
+    paths = make_toy_catalogue(tmp_path)
+    log = [
+        {"user_id": "u1", "item_id": "a1", "timestamp": "100"},
+        {"user_id": "u2", "item_id": "a1", "timestamp": "100"},
+        {"user_id": "u2", "item_id": "b1", "timestamp": "not a time"},
+        {"user_id": "u9", "item_id": "nope", "timestamp": "100"},  # only row unknown -> fallback
+        {"user_id": None, "item_id": "a1", "timestamp": "100"},
+    ]
+    write_parquet(paths["interactions"], log)
+    users = write_parquet(tmp_path / "users.parquet", {"user_id": ["u1", "u10"], "age": [30, 40]})
+    cfg = config(paths, tmp_path / "out", tiny_model_dir)
+    cfg = load_config(None, {**cfg.to_dict(), "inputs": {**cfg.to_dict()["inputs"], "users": {"path": str(users)}}})
+    result = run_job(cfg)
+    rejects = table(result.run_dir, "rejects").to_pylist()
+    assert sorted((r["row"], r["reason"].split(":")[0]) for r in rejects) == [
+        (3, "unparsable timestamp"), (4, "unknown item"), (5, "null id")
+    ]
+    assert all(r["source"] == str(paths["interactions"]) for r in rejects)
+    recs = recs_by_user(result.run_dir)
+    assert set(recs) == {"u1", "u2", "u9", "u10"}
+    for user in ("u9", "u10"):
+        assert [r["item_id"] for r in recs[user]][0] == "a1"  # the most popular item
+        assert all(r["strategy"] == "popularity" and r["because_item_id"] is None for r in recs[user])
+        assert len(recs[user]) == 3
+    m = result.manifest
+    assert m["rejects"]["total"] == 3 == m["outputs"]["rejects"]
+    assert m["rejects"]["by_reason"] == {"null id": 1, "unknown item": 1, "unparsable timestamp": 1}
+    assert m["users"] == {"covered": 4, "with_history": 2, "popularity_fallback": 2}
+
+
+def test_cli_run_on_hand_written_tables(ray_cluster, tiny_model_dir, tmp_path, capsys):
+    paths = make_toy_catalogue(tmp_path)
+    code = main([
+        "run", "--items", str(paths["items"]), "--interactions", str(paths["interactions"]),
+        "--output", str(tmp_path / "out"), "--top-k", "2", "--model", str(tiny_model_dir), "--json",
+    ])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["outputs"]["recommendations"] == 4 * 2
+    assert os.path.isdir(summary["run_dir"])
+
+
+def test_cli_errors_become_messages_and_exit_codes(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("inputs: {items: a, interactions: b}\nretreival: {}\n")
+    assert main(["run", "--config", str(bad)]) == 2
+    assert "unknown key 'retreival'" in capsys.readouterr().err
