@@ -27,9 +27,11 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             overrides.setdefault(section, {})[key] = value
 
-    put("inputs", "items", args.items)
-    put("inputs", "interactions", args.interactions)
-    put("inputs", "users", args.users)
+    # A path flag replaces the path only: the file's format and rename for that table stay.
+    for table in ("items", "interactions", "users"):
+        value = getattr(args, table)
+        if value is not None:
+            overrides.setdefault("inputs", {})[table] = {"path": value}
     put("output", "path", args.output)
     put("output", "run_id", args.run_id)
     put("retrieval", "top_k", args.top_k)
@@ -123,6 +125,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("chatrec: interrupted; nothing was published", file=sys.stderr)
         return 130
+    except Exception as e:
+        # Errors raised inside Ray workers arrive wrapped; report the chatrec error within.
+        cause = _chatrec_cause(e)
+        if cause is None:
+            raise
+        print(f"chatrec: error: {cause}", file=sys.stderr)
+        return cause.exit_code
+
+
+def _chatrec_cause(error: BaseException) -> ChatrecError | None:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, ChatrecError):
+            return error
+        seen.add(id(error))
+        error = getattr(error, "cause", None) or error.__cause__
+    return None
 
 
 if __name__ == "__main__":

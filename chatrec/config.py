@@ -107,7 +107,7 @@ class EncoderConfig(_Strict):
     # One actor using both cores of a laptop beats two single-threaded actors: a BERT
     # forward pass parallelises well across intra-op threads.
     cpus_per_actor: int | Literal["auto"] = Field(
-        "auto", description="CPU actors: torch threads per actor. auto: all CPUs of one node."
+        "auto", description="CPU actors: torch threads per actor. auto: a node's CPUs, at most 4."
     )
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="auto: fp16 on GPU, fp32 on CPU."
@@ -131,7 +131,9 @@ class RetrievalConfig(_Strict):
 
     top_k: int = Field(20, ge=1)
     backend: Literal["auto", "cpu", "gpu"] = Field(
-        "auto", description="auto: GPU index when faiss sees GPUs, else CPU. gpu without GPUs is an error."
+        "auto",
+        description="auto: GPU index when the cluster has GPUs and faiss is a GPU build, else CPU. "
+        "gpu without either is an error.",
     )
     # Users per FAISS search call: large enough that BLAS does the work, small enough that
     # (batch, K + seen) result arrays stay a few MB.

@@ -124,9 +124,27 @@ def encoder_precision(cfg: EncoderConfig, plan: ActorPlan) -> Literal["fp32", "f
     return "fp16" if plan.device == "cuda" else "fp32"
 
 
+def faiss_has_gpu_support() -> bool:
+    """Whether the installed faiss is a GPU build (the driver's image is the workers')."""
+    import faiss
+
+    return hasattr(faiss, "StandardGpuResources")
+
+
 def retrieval_plan(cfg: RetrievalConfig, res: ClusterResources) -> ActorPlan:
-    """Top-K actors: FAISS on GPU when requested/available, else CPU actors."""
-    if _use_gpu(cfg.backend, res, "retrieval.backend"):
+    """Top-K actors: a FAISS GPU index when the cluster has GPUs and faiss is a GPU build."""
+    use_gpu = _use_gpu(cfg.backend, res, "retrieval.backend")
+    if use_gpu and not faiss_has_gpu_support():
+        if cfg.backend == "gpu":
+            raise ConfigError("retrieval.backend is 'gpu' but faiss-cpu is installed; install the gpu extra (faiss-gpu)")
+        logger.warning("the cluster has GPUs but faiss is a CPU build: top-K runs on CPU actors")
+        use_gpu = False
+    if use_gpu:
         n = res.gpus if cfg.num_actors == "auto" else cfg.num_actors
         return ActorPlan(num_actors=n, num_cpus=1, num_gpus=1, threads=None, device="cuda")
     return _cpu_pool(cfg.num_actors, _cpu_threads("auto", res), res)
+
+
+def user_plan(res: ClusterResources) -> ActorPlan:
+    """User-tower actors: the recency-weighted mean is a numpy gather, CPU work."""
+    return _cpu_pool("auto", _cpu_threads("auto", res), res)

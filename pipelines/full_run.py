@@ -34,7 +34,7 @@ from chatrec.model_loading import model_fingerprint, resolve_model_dir
 from chatrec.publish import WORK_DIR, RunOutput
 from chatrec.recommender import popularity_rows
 from chatrec.retrieval import ExactIndex
-from chatrec.runtime import connect, encoder_plan, encoder_precision, retrieval_plan
+from chatrec.runtime import connect, encoder_plan, encoder_precision, retrieval_plan, user_plan
 from chatrec.stage_metrics import StageClock
 from pipelines.embed_items import embed_items
 from pipelines.embed_users import embed_users
@@ -123,7 +123,7 @@ def run_job(cfg: ChatrecConfig) -> RunResult:
         if population.histories.num_rows:
             embed_users(
                 population.histories, catalogue_ref=catalogue_ref, dim=dim, half_life=cfg.history.half_life,
-                plan=topk_plan, work_path=output.path(f"{WORK_DIR}/user_vectors"),
+                plan=user_plan(resources), work_path=output.path(f"{WORK_DIR}/user_vectors"),
                 out_path=output.path("user_embeddings"),
             )
         m.rows = population.histories.num_rows

@@ -64,3 +64,30 @@ def test_demo_config_is_valid():
     cfg = load_config(Path(__file__).parent.parent / "configs" / "movielens-100k.yaml")
     assert cfg.inputs.items.rename["movie_title"] == "title"
     assert cfg.inputs.knowledge_graph is not None
+
+
+def test_path_flag_keeps_the_files_format_and_rename(tmp_path):
+    from chatrec.cli import _run_overrides, build_parser
+
+    path = write(tmp_path, "inputs:\n  items: {path: a.item, rename: {movie_title: title}}\n  interactions: l.inter\n")
+    args = build_parser().parse_args(["run", "--items", "/data/b.item", "--top-k", "5"])
+    cfg = load_config(path, _run_overrides(args))
+    assert cfg.inputs.items.path == "/data/b.item"
+    assert cfg.inputs.items.rename == {"movie_title": "title"}
+    assert cfg.retrieval.top_k == 5
+
+
+def test_errors_wrapped_by_ray_workers_keep_their_exit_code():
+    from chatrec.cli import _chatrec_cause
+    from chatrec.errors import ModelLoadError
+
+    class Wrapped(Exception):
+        def __init__(self, cause):
+            super().__init__("worker failed")
+            self.cause = cause
+
+    inner = ModelLoadError("no weights")
+    outer = RuntimeError("dataset failed")
+    outer.__cause__ = Wrapped(inner)
+    assert _chatrec_cause(outer) is inner
+    assert _chatrec_cause(RuntimeError("bug")) is None
