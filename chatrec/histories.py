@@ -33,8 +33,12 @@ def build_histories(
     *,
     max_items: int,
     extra_user_ids: pa.Array | None = None,
+    users: pa.Table | None = None,
 ) -> UserPopulation:
-    """interactions (schemas.INTERACTIONS) + item rows -> histories and fallback users."""
+    """interactions (schemas.INTERACTIONS) + item rows -> histories and fallback users.
+
+    With a users table (schemas.USERS), each history carries the user's profile text.
+    """
     rows = pl.from_arrow(item_text.select(["item_id", "row"]))
     log = pl.from_arrow(interactions).join(rows, on="item_id", how="inner")
     ordered = log.sort(["user_id", "timestamp", "item_id"], descending=[False, True, False])
@@ -49,6 +53,13 @@ def build_histories(
         )
         .sort("user_id")
     )
+    if users is not None and users.num_rows:
+        profiles = pl.from_arrow(users).select(
+            "user_id", pl.col("attributes").list.join(". ").alias("profile_text")
+        )
+        histories = histories.join(profiles, on="user_id", how="left", maintain_order="left")
+    else:
+        histories = histories.with_columns(pl.lit(None, dtype=pl.String).alias("profile_text"))
     known = set(histories["user_id"].to_list())
     extra = [] if extra_user_ids is None else extra_user_ids.to_pylist()
     fallback = sorted({u for u in extra if u is not None and u not in known})

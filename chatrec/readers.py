@@ -21,28 +21,32 @@ _RECBOLE_TYPES = {"token", "token_seq", "float", "float_seq"}
 
 
 def read_table(table: TableInput, *, id_columns: tuple[str, ...] = ()) -> pa.Table:
-    """Read every file `table.path` names into one table with bookkeeping columns.
+    """Read every file the location(s) in `table.path` name into one table with bookkeeping columns.
 
     `id_columns` (after renaming) are cast to strings whatever their type in the file;
     ids of a type that cannot be read losslessly as a string are an InputDataError.
     """
-    resolved = resolve_files(table.path)
     parts = []
-    for path, display in zip(resolved.paths, resolved.display):
-        fmt = detect_format(path, table.format)
-        raw = _read_one(resolved.filesystem, path, display, fmt, id_columns, table.rename)
-        raw = _apply_rename(raw, table.rename, display)
-        raw = _ids_as_strings(raw, id_columns, display)
-        n = raw.num_rows
-        raw = raw.append_column(SOURCE_COL, pa.array([display] * n, pa.string()))
-        raw = raw.append_column(ROW_COL, pa.array(range(1, n + 1), pa.int64()))
-        parts.append(raw)
+    for location in table.locations:
+        resolved = resolve_files(location)
+        for path, display in zip(resolved.paths, resolved.display):
+            parts.append(_read_file(resolved.filesystem, path, display, table, id_columns))
     try:
         return pa.concat_tables(parts, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise InputDataError(
-            f"the files under this location have incompatible schemas: {e}", source=table.path
+            f"the files under this location have incompatible schemas: {e}", source=table.display
         ) from e
+
+
+def _read_file(fs, path: str, display: str, table: TableInput, id_columns) -> pa.Table:
+    fmt = detect_format(path, table.format)
+    raw = _read_one(fs, path, display, fmt, id_columns, table.rename)
+    raw = _apply_rename(raw, table.rename, display)
+    raw = _ids_as_strings(raw, id_columns, display)
+    n = raw.num_rows
+    raw = raw.append_column(SOURCE_COL, pa.array([display] * n, pa.string()))
+    return raw.append_column(ROW_COL, pa.array(range(1, n + 1), pa.int64()))
 
 
 def _read_one(fs, path: str, display: str, fmt: str, id_columns, rename) -> pa.Table:

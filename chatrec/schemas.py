@@ -71,6 +71,8 @@ HISTORIES = pa.schema(
         # Every item the user interacted with: excluded from their recommendations.
         pa.field("seen_rows", pa.list_(pa.int32())),
         pa.field("history_len", pa.int32(), nullable=False),
+        # "name: value. ..." from the users table; null without one.
+        pa.field("profile_text", pa.string()),
     ]
 )
 

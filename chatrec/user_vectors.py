@@ -49,14 +49,45 @@ def recency_weighted_mean(
 
 
 class RecencyMeanUserEncoder:
-    """Ray Data callable: histories -> user vectors (recency-weighted mean of item vectors)."""
+    """Ray Data callable: histories -> user vectors (recency-weighted mean of item vectors).
 
-    def __init__(self, *, catalogue: ItemCatalogue | ray.ObjectRef, half_life: float) -> None:
+    With `profile_weight` > 0 and `text_encoder` kwargs, users with a profile text get
+    normalise((1 - w) * history_vector + w * encode(profile_text)); the encoder loads once
+    per actor, as in the item stage.
+    """
+
+    def __init__(
+        self,
+        *,
+        catalogue: ItemCatalogue | ray.ObjectRef,
+        half_life: float,
+        profile_weight: float = 0.0,
+        text_encoder: dict | None = None,
+    ) -> None:
         self.catalogue: ItemCatalogue = ray.get(catalogue) if isinstance(catalogue, ray.ObjectRef) else catalogue
         self.half_life = half_life
+        self.profile_weight = profile_weight
+        self.text_encoder = None
+        if profile_weight > 0 and text_encoder is not None:
+            from chatrec.encoder import TextEncoder
+
+            self.text_encoder = TextEncoder(**text_encoder)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         recent = batch.column("recent_rows").combine_chunks()
         vectors = recency_weighted_mean(self.catalogue.vectors, recent, self.half_life)  # (n, dim)
+        if self.text_encoder is not None:
+            vectors = self._blend_profiles(vectors, batch.column("profile_text").to_pylist())
         out = batch.select(schemas.HISTORIES.names).append_column("embedding", to_fixed_size_list(vectors))
         return out.cast(schemas.user_vectors(self.catalogue.dim))
+
+    def _blend_profiles(self, vectors: np.ndarray, profiles: list[str | None]) -> np.ndarray:
+        has = [i for i, p in enumerate(profiles) if p]
+        if not has:
+            return vectors
+        encoded = self.text_encoder.encode([profiles[i] for i in has])  # (m, dim)
+        w = self.profile_weight
+        blended = (1 - w) * vectors[has] + w * encoded  # (m, dim)
+        vectors = vectors.copy()
+        vectors[has] = blended / np.maximum(np.linalg.norm(blended, axis=1, keepdims=True), 1e-12)
+        return vectors

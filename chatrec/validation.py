@@ -237,10 +237,21 @@ def _timestamp_seconds(df: pl.DataFrame, location: str) -> pl.Expr:
     raise _type_error(df, "timestamp", "int64 seconds, an Arrow timestamp, or text", location)
 
 
-def validate_interactions(raw: pa.Table, *, location: str, item_ids: pa.Array) -> Validated:
+def validate_interactions(
+    raw: pa.Table, *, location: str, item_ids: pa.Array | None, keep_extra: bool = False
+) -> Validated:
+    """The log in schemas.INTERACTIONS (timestamps as int64 seconds), bad rows rejected.
+
+    `item_ids` is the valid catalogue; None skips the unknown-item check (splitting a log
+    needs no catalogue). With `keep_extra`, the file's other columns (rating, event, ...)
+    follow the contract columns unchanged.
+    """
     df = pl.from_arrow(raw)
     _require_columns(df, ("user_id", "item_id", "timestamp"), "interactions", location)
-    known = pl.Series("known", item_ids.to_pylist(), dtype=pl.String)
+    unknown_item = pl.lit(False)
+    if item_ids is not None:
+        known = pl.Series("known", item_ids.to_pylist(), dtype=pl.String)
+        unknown_item = ~pl.col("item_id").is_in(known.implode())
     df = df.with_columns(
         pl.col("user_id").str.strip_chars(),
         pl.col("item_id").str.strip_chars(),
@@ -252,7 +263,7 @@ def validate_interactions(raw: pa.Table, *, location: str, item_ids: pa.Array) -
             (_empty_id("user_id"), pl.lit("null id: user_id is null or empty")),
             (_empty_id("item_id"), pl.lit("null id: item_id is null or empty")),
             (
-                ~pl.col("item_id").is_in(known.implode()),
+                unknown_item,
                 pl.lit("unknown item: item_id ") + pl.col("item_id") + pl.lit(" is not in the catalogue"),
             ),
             (pl.col("timestamp").is_null(), pl.lit("null timestamp: timestamp is null")),
@@ -262,8 +273,12 @@ def validate_interactions(raw: pa.Table, *, location: str, item_ids: pa.Array) -
             ),
         ),
     )
-    table = clean.select("user_id", "item_id", pl.col("__ts").alias("timestamp"))
-    return Validated(table.to_arrow().cast(schemas.INTERACTIONS), rejects_table(rejected.drop("__ts")), raw.num_rows)
+    extra = [c for c in df.columns if c not in (*schemas.INTERACTIONS.names, "__ts", *_BOOKKEEPING)] if keep_extra else []
+    table = clean.select("user_id", "item_id", pl.col("__ts").alias("timestamp"), *extra).to_arrow()
+    contract = table.select(schemas.INTERACTIONS.names).cast(schemas.INTERACTIONS)
+    for name in extra:
+        contract = contract.append_column(name, table.column(name))
+    return Validated(contract, rejects_table(rejected.drop("__ts")), raw.num_rows)
 
 
 def user_ids_in_log(raw: pa.Table) -> pa.Array:

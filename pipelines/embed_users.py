@@ -25,17 +25,22 @@ def embed_users(
     catalogue_ref: ray.ObjectRef,
     dim: int,
     half_life: float,
+    profile_weight: float = 0.0,
+    text_encoder: dict | None = None,
     plan: ActorPlan,
     work_path: str,
     out_path: str,
 ) -> None:
     ds = ray.data.from_arrow(blocks(histories, USERS_PER_BLOCK)).map_batches(
         RecencyMeanUserEncoder,
-        fn_constructor_kwargs=dict(catalogue=catalogue_ref, half_life=half_life),
+        fn_constructor_kwargs=dict(
+            catalogue=catalogue_ref, half_life=half_life, profile_weight=profile_weight, text_encoder=text_encoder
+        ),
         batch_size=USERS_PER_BLOCK,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=plan.num_actors),
         num_cpus=plan.num_cpus,
+        num_gpus=plan.num_gpus,
     )
     ds.write_parquet(work_path)
     published = schemas.user_embeddings(dim)

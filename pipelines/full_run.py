@@ -83,7 +83,7 @@ def run_job(cfg: ChatrecConfig) -> RunResult:
         rejects = inputs.rejects()
         m.detail = f"{rejects.num_rows} rejected"
     if inputs.items.table.num_rows == 0:
-        raise InputDataError("no valid items: every row was rejected (see the rejects)", source=cfg.inputs.items.path)
+        raise InputDataError("no valid items: every row was rejected (see the rejects)", source=cfg.inputs.items.display)
 
     # 3. Item text
     with clock.stage("item-text", "items") as m:
@@ -113,17 +113,26 @@ def run_job(cfg: ChatrecConfig) -> RunResult:
         if inputs.users is not None:
             extra_users = pa.concat_arrays([extra_users, inputs.users.table.column("user_id").combine_chunks()])
         population = build_histories(
-            inputs.interactions.table, texts, max_items=cfg.history.max_items, extra_user_ids=extra_users
+            inputs.interactions.table, texts, max_items=cfg.history.max_items, extra_user_ids=extra_users,
+            users=inputs.users.table if inputs.users is not None else None,
         )
         m.rows = population.histories.num_rows + len(population.fallback_user_ids)
         m.detail = f"{len(population.fallback_user_ids)} without usable history"
 
     # 6. User embeddings
     with clock.stage("embed-users", "users") as m:
+        # Profiles need the text encoder in the user actors (and its GPU, if it has one).
+        profiles = cfg.history.profile_weight > 0 and inputs.users is not None
+        text_encoder = dict(
+            model=cfg.encoder.model, fingerprint=fingerprint, max_length=cfg.encoder.max_length,
+            batch_size=cfg.encoder.batch_size, device=enc_plan.device, precision=precision,
+            num_threads=enc_plan.threads,
+        ) if profiles else None
         if population.histories.num_rows:
             embed_users(
                 population.histories, catalogue_ref=catalogue_ref, dim=dim, half_life=cfg.history.half_life,
-                plan=user_plan(resources), work_path=output.path(f"{WORK_DIR}/user_vectors"),
+                profile_weight=cfg.history.profile_weight if profiles else 0.0, text_encoder=text_encoder,
+                plan=enc_plan if profiles else user_plan(resources), work_path=output.path(f"{WORK_DIR}/user_vectors"),
                 out_path=output.path("user_embeddings"),
             )
         m.rows = population.histories.num_rows

@@ -47,17 +47,17 @@ class Inputs:
 def read_inputs(inputs: InputsConfig, item_text: ItemTextConfig) -> Inputs:
     items = validate_items(
         read_table(inputs.items, id_columns=("item_id",)),
-        location=inputs.items.path,
+        location=inputs.items.display,
         attributes=item_text.attributes,
         categories_delimiter=item_text.categories_delimiter,
     )
     raw_log = read_table(inputs.interactions, id_columns=("user_id", "item_id"))
     interactions = validate_interactions(
-        raw_log, location=inputs.interactions.path, item_ids=items.table.column("item_id").combine_chunks()
+        raw_log, location=inputs.interactions.display, item_ids=items.table.column("item_id").combine_chunks()
     )
     users = None
     if inputs.users is not None:
-        users = validate_users(read_table(inputs.users, id_columns=("user_id",)), location=inputs.users.path)
+        users = validate_users(read_table(inputs.users, id_columns=("user_id",)), location=inputs.users.display)
     knowledge = None
     if inputs.knowledge_graph is not None:
         knowledge = load_item_knowledge(inputs.knowledge_graph)
