@@ -136,3 +136,23 @@ def read_latest(root: str) -> str | None:
     with fs.open_input_stream(latest) as f:
         relative = f.read().decode().strip()
     return f"{root.rstrip('/')}/{relative}"
+
+
+def add_run_file(run_dir: str, name: str, data: bytes) -> str:
+    """Add a derived file (an evaluation, a report) to a published run; returns its location.
+
+    The run's tables are never touched. Locally the file is written beside its final name
+    and renamed into place, so a reader never sees half of it; on object stores a single
+    object write is already all-or-nothing.
+    """
+    fs, path = filesystem_for(run_dir.rstrip("/"))
+    target = posixpath.join(path, name)
+    if isinstance(fs, pafs.LocalFileSystem):
+        tmp = f"{target}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    else:
+        with fs.open_output_stream(target) as f:
+            f.write(data)
+    return posixpath.join(run_dir.rstrip("/"), name)

@@ -126,3 +126,17 @@ def test_users_duplicates_and_attributes(tmp_path):
 def test_missing_file_is_named():
     with pytest.raises(InputDataError, match="nowhere.parquet: no such file"):
         read_table(TableInput(path="/nowhere.parquet"))
+
+
+def test_a_list_of_locations_is_read_as_one_table(tmp_path):
+    first = write_parquet(tmp_path / "train.parquet", {"user_id": ["u1"], "item_id": ["a"], "timestamp": [1]})
+    second = tmp_path / "valid.csv"
+    second.write_text("user_id,item_id,timestamp\nu1,b,2\n,c,3\n")
+    table = TableInput(path=[str(first), str(second)])
+    v = validate_interactions(read_table(table, id_columns=("user_id", "item_id")), location=table.display, item_ids=None)
+    assert v.table.column("item_id").to_pylist() == ["a", "b"]
+    # A reject names the file and the row within it, not the row in the concatenation.
+    [reject] = v.rejects.to_pylist()
+    assert reject["source"] == str(second) and reject["row"] == 2
+    with pytest.raises(ValueError, match="at least one non-empty location"):
+        TableInput(path=[])
