@@ -1,5 +1,6 @@
 # Two commands for a fresh clone (only Python >= 3.11 and make needed):
-#   make demo   set up .venv, fetch MovieLens-100K, run the full job on a local Ray
+#   make demo   set up .venv, fetch MovieLens-100K, split it, run the full job on a local Ray,
+#               run the baselines and evaluate everything on the held-out test split
 #   make test   set up .venv and run the test suite
 PYTHON ?= python3
 VENV := .venv
@@ -11,6 +12,9 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-stamp
 DEMO_DATA := data/ml-100k
 DEMO_CONFIG := configs/movielens-100k.yaml
+DEMO_SPLIT := data/ml-100k-split
+DEMO_OUT := out/demo
+BASELINES := popularity itemknn ease ease-recency content
 
 .PHONY: demo test test-fast venv clean
 
@@ -23,9 +27,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# 1. data  2. a per-user chronological 80/10/10 split  3. chatrec on train + valid
+# 4. the baselines (tuned on valid, refit on train + valid)  5. everything scored on test
 demo: $(STAMP)
 	$(BIN)/chatrec data fetch movielens-100k --dest $(DEMO_DATA)
-	$(BIN)/chatrec run --config $(DEMO_CONFIG)
+	$(BIN)/chatrec split --interactions $(DEMO_DATA)/ml-100k.inter --out $(DEMO_SPLIT) \
+		--by user-time --ratios 0.8,0.1,0.1 --force
+	$(BIN)/chatrec run --config $(DEMO_CONFIG) --output $(DEMO_OUT)/chatrec \
+		--interactions $(DEMO_SPLIT)/train.parquet $(DEMO_SPLIT)/valid.parquet
+	for b in $(BASELINES); do \
+		$(BIN)/chatrec baseline $$b --config $(DEMO_CONFIG) --output $(DEMO_OUT)/$$b \
+			--train $(DEMO_SPLIT)/train.parquet --valid $(DEMO_SPLIT)/valid.parquet --json || exit 1; \
+	done
+	$(BIN)/chatrec evaluate --run $(DEMO_OUT)/chatrec $(addprefix $(DEMO_OUT)/,$(BASELINES)) \
+		--test $(DEMO_SPLIT)/test.parquet --report $(DEMO_OUT)/evaluation.html
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -39,3 +39,25 @@ def print_summary(manifest: dict, run_dir: str, console: Console | None = None) 
         for rec in example["items"]:
             table.add_row(str(rec["rank"]), rec["title"], f"{rec['score']:.3f}", rec["reason"])
         console.print(table)
+
+
+def print_baseline_summary(manifest: dict, run_dir: str, console: Console | None = None) -> None:
+    console = console or Console()
+    baseline = manifest["baseline"]
+    stages = Table(title=f"baseline {baseline['name']}, run {manifest['run_id']}", title_justify="left")
+    for col in ("stage", "seconds", "rows", "detail"):
+        stages.add_column(col, justify="right" if col in ("seconds", "rows") else "left")
+    for s in manifest["stages"]:
+        stages.add_row(s["name"], f"{s['seconds']:.1f}", f"{s['rows']:,} {s['unit']}", s["detail"])
+    stages.add_row("total", f"{manifest['wall_seconds']:.1f}", "", "")
+    console.print(stages)
+    counts = Table(show_header=False, box=None, padding=(0, 2))
+    tuning = baseline["tuning"]
+    counts.add_row("parameters", f"{baseline['params']} "
+                   + (f"(best {tuning['metric']} on valid: {max(g[tuning['metric']] for g in tuning['grid']):.4f})"
+                      if isinstance(tuning, dict) else f"({tuning})"))
+    counts.add_row("users covered", f"{manifest['users']['covered']:,}")
+    counts.add_row("recommendations", f"{manifest['outputs']['recommendations']:,} rows (top {manifest['top_k']})")
+    counts.add_row("rejects", f"{manifest['rejects']['total']:,}")
+    counts.add_row("output", run_dir)
+    console.print(counts)

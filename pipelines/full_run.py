@@ -57,7 +57,9 @@ def _read_embeddings(output: RunOutput, name: str, key: str) -> tuple[list[str],
     return table.column(key).to_pylist(), fixed_size_list_to_numpy(table.column("embedding"))
 
 
-def run_job(cfg: ChatrecConfig) -> RunResult:
+def run_job(cfg: ChatrecConfig, *, baseline: str | None = None) -> RunResult:
+    """Run the whole job on `cfg` and publish it. `baseline` names the run in its manifest
+    when it serves as an evaluation baseline (`chatrec baseline content`)."""
     started = time.perf_counter()
     clock = StageClock()
     run_id = cfg.output.run_id or new_run_id()
@@ -169,6 +171,7 @@ def run_job(cfg: ChatrecConfig) -> RunResult:
         manifest = {
             "run_id": run_id,
             "created_at": utc_now(),
+            **({"baseline": {"name": baseline, "params": {}, "tuning": "defaults"}} if baseline else {}),
             "config": cfg.to_dict(),
             "config_sha256": cfg.sha256(),
             "model": {

@@ -70,7 +70,11 @@ def compare_per_user(
         boot = np.concatenate([diff[idx].mean(axis=1) for idx in samples])  # (n_bootstrap,)
         mean_a, mean_b = float(va.mean()), float(vb.mean())
         p = None
-        if np.any(diff != 0) and n > 1:
+        if np.ptp(diff) <= 1e-12:
+            # Every user moved by the same amount: no variance, so no t statistic; a
+            # non-zero constant shift is as certain as a difference gets.
+            p = 0.0 if diff.size and diff[0] != 0 else None
+        elif n > 1:
             p = float(stats.ttest_rel(vb, va).pvalue)
         out.append(
             MetricDelta(

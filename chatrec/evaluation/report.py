@@ -57,7 +57,7 @@ def _slice_bars(runs: dict[str, Evaluation], metric: str) -> str:
         ax.bar([x + i * width for x in range(len(slices))], values, width, label=name)
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(slices))])
     ax.set_xticklabels(
-        [f"{s}\n({next(iter(runs.values())).slices.get(s, {}).get('users', 0)} users)" for s in slices], fontsize=8
+        [f"{s.replace('_', ' ')}\n({next(iter(runs.values())).slices.get(s, {}).get('users', 0)} users)" for s in slices], fontsize=8
     )
     ax.set_ylabel(metric)
     ax.legend(fontsize=8)

@@ -1,0 +1,136 @@
+"""Grid search on a validation log: fit on train, score NDCG@10 on valid, keep the best.
+
+Each validation user with a training history is recommended top max(10, K) items (their
+training items excluded); their positives are their validation items not already in their
+training items. Items first seen in validation keep a place in the ideal ranking (they
+count as positives nobody can hit), as they would in an evaluation of the final run. Users
+first seen in validation cannot be scored by a model fitted on train and are left out.
+The best grid point wins; ties go to the earlier point.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from chatrec.baselines.base import Baseline, jsonable_params
+from chatrec.baselines.interaction_matrix import InteractionMatrix
+from chatrec.baselines.recommend import recommend_codes
+from chatrec.evaluation.metrics import ndcg_of_topk
+
+logger = logging.getLogger(__name__)
+
+METRIC_K = 10
+METRIC = f"ndcg@{METRIC_K}"
+
+# Grids, walked in this order (ties go to the earlier point). Each is small enough that
+# tuning on MovieLens-100K (943 users x 1,682 items) takes seconds on 2 cores.
+GRIDS: dict[str, dict[str, list[Any]]] = {
+    # Sparse neighbourhoods of 20 to 400 items, doubling roughly, plus every co-occurring
+    # item (None = "all"); 1,682 items means 400 is already a quarter of the catalogue.
+    "itemknn": {"neighbors": [20, 50, 100, 200, 400, None]},
+    # lambda is on the scale of the co-occurrence counts: ML-100K-sized logs peak in the
+    # hundreds, so doubling steps from 50 to 1,600 bracket the optimum (6 inversions).
+    "ease": {"l2": [50.0, 100.0, 200.0, 400.0, 800.0, 1600.0]},
+    # The middle of the EASE range (4 inversions), times tau in steps of the user's own
+    # interactions: 1 (the last item dominates) to 50 (a long memory), plus inf (= EASE).
+    # B is computed once per lambda and reused for the 6 taus.
+    "ease-recency": {"l2": [100.0, 200.0, 400.0, 800.0], "tau": [1.0, 3.0, 10.0, 20.0, 50.0, math.inf]},
+}
+
+
+def grid_points(baseline: Baseline, grid: dict[str, list[Any]] | None = None) -> list[dict[str, Any]]:
+    """Every combination of the grid (first key outermost), over the baseline's defaults."""
+    grid = GRIDS.get(baseline.name, {}) if grid is None else grid
+    if not grid:
+        return []
+    keys = list(grid)
+    return [
+        baseline.resolve_params(dict(zip(keys, values)))
+        for values in itertools.product(*(grid[k] for k in keys))
+    ]
+
+
+@dataclass(frozen=True)
+class TuningResult:
+    best_params: dict[str, Any]
+    scores: list[dict[str, Any]]  # [{"params": ..., "ndcg@10": ...}] in grid order
+    users: int  # validation users scored
+    cold_users: int  # validation users without a training history: not scored
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {
+            "metric": METRIC,
+            "on": "valid",
+            "users": self.users,
+            "cold_users_skipped": self.cold_users,
+            "best": jsonable_params(self.best_params),
+            "grid": [{"params": jsonable_params(s["params"]), METRIC: s[METRIC]} for s in self.scores],
+        }
+
+
+@dataclass(frozen=True)
+class ValidationTargets:
+    users: np.ndarray  # (n,) user codes in the train matrix
+    positives: list[np.ndarray]  # n arrays of item codes (codes >= n_items: items unseen in train)
+    cold_users: int
+
+
+def validation_targets(train: InteractionMatrix, valid: pa.Table | pl.DataFrame) -> ValidationTargets:
+    df = valid if isinstance(valid, pl.DataFrame) else pl.from_arrow(valid)
+    pairs = df.select("user_id", "item_id").unique().sort("user_id", "item_id")
+    users = train.user_codes(pairs["user_id"].to_list())  # (p,)
+    cold = pairs.filter(pl.Series(users < 0))["user_id"].n_unique()
+    items = train.item_codes(pairs["item_id"].to_list())  # (p,)
+    new = items < 0
+    # Items the train matrix has no column for get distinct codes past its last item.
+    new_ids = pairs["item_id"].to_numpy()[new]
+    items[new] = train.n_items + np.unique(new_ids, return_inverse=True)[1]
+    keep = users >= 0
+    known = keep & ~new
+    seen = np.zeros(len(pairs), dtype=bool)
+    if known.any():
+        seen[known] = np.asarray(train.X[users[known], items[known]]).ravel() > 0
+    keep &= ~seen
+    users, items = users[keep], items[keep]
+    order = np.argsort(users, kind="stable")
+    users, items = users[order], items[order]
+    unique_users, starts = np.unique(users, return_index=True)
+    positives = np.split(items, starts[1:]) if len(unique_users) else []
+    return ValidationTargets(unique_users, positives, cold)
+
+
+def tune(
+    baseline: Baseline,
+    train: InteractionMatrix,
+    valid: pa.Table | pl.DataFrame,
+    *,
+    top_k: int = METRIC_K,
+    grid: dict[str, list[Any]] | None = None,
+) -> TuningResult:
+    """Fit each grid point on `train`, score NDCG@10 on `valid`, keep the first best."""
+    points = grid_points(baseline, grid)
+    targets = validation_targets(train, valid)
+    if not points or len(targets.users) == 0:
+        if points:
+            logger.warning("%s: no validation user has a training history and a new item; using defaults",
+                           baseline.name)
+        return TuningResult(baseline.resolve_params(None), [], len(targets.users), targets.cold_users)
+    k = max(METRIC_K, top_k)
+    scores: list[dict[str, Any]] = []
+    best_params, best_score = points[0], -1.0
+    for params, model in baseline.fit_grid(train, points):
+        topk = recommend_codes(model, targets.users, k)  # (n, k)
+        score = ndcg_of_topk(topk, targets.positives, k=METRIC_K)
+        scores.append({"params": params, METRIC: score})
+        logger.info("%s %s: %s = %.4f", baseline.name, jsonable_params(params), METRIC, score)
+        if score > best_score:
+            best_params, best_score = params, score
+    return TuningResult(best_params, scores, len(targets.users), targets.cold_users)
