@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-from chatrec.errors import ChatrecError, ConfigError
+from chatrec.entrypoint import configure_logging, run_command
+from chatrec.errors import ConfigError
 
 DEFAULT_DATA_HOME = Path("~/.cache/chatrec/datasets").expanduser()
 
@@ -135,16 +135,6 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ks(text: str) -> tuple[int, ...]:
-    try:
-        ks = tuple(sorted({int(k) for k in text.split(",") if k.strip()}))
-    except ValueError:
-        ks = ()
-    if not ks or min(ks) < 1:
-        raise ConfigError(f"--k must be comma-separated positive integers, e.g. 5,10,20; got {text!r}")
-    return ks
-
-
 def _table_flag(locations: list[str] | None, fmt: str = "auto"):
     from chatrec.config import TableInput
 
@@ -152,10 +142,11 @@ def _table_flag(locations: list[str] | None, fmt: str = "auto"):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from chatrec.evaluation.metrics import parse_ks
     from chatrec.evaluation.summary import print_comparison, print_evaluations
-    from pipelines.evaluate import compare_runs, display_names, evaluate_runs, write_report
+    from pipelines.evaluate import compare_runs, display_names, evaluate_runs, write_comparison, write_report
 
-    ks = _ks(args.k)
+    ks = parse_ks(args.k)
     locations = args.compare or args.run
     results = evaluate_runs(locations, _table_flag(args.test), ks=ks, train=_table_flag(args.train))
     deltas = compare_runs(results, n_bootstrap=args.bootstrap, seed=args.seed) if args.compare else None
@@ -166,13 +157,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         title = "A/B comparison" if args.compare else "Evaluation"
         report = write_report(results, report, title=title, comparison=deltas)
     if deltas is not None:
-        from chatrec.publish import add_run_file
-
-        add_run_file(
-            results[1].run.run_dir, f"compare-{results[0].run.run_id}.json",
-            json.dumps({"a": results[0].run.run_id, "b": results[1].run.run_id,
-                        "deltas": [d.to_dict() for d in deltas]}, indent=2).encode(),
-        )
+        write_comparison(results, deltas)
     if args.json:
         print(json.dumps({
             "runs": [{"run_id": r.run.run_id, "name": r.run.name, "run_dir": r.run.run_dir,
@@ -367,37 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # CPU-feature probing chatter
-    try:
-        return args.func(args)
-    except ChatrecError as e:
-        print(f"chatrec: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("chatrec: interrupted; nothing was published", file=sys.stderr)
-        return 130
-    except Exception as e:
-        # Errors raised inside Ray workers arrive wrapped; report the chatrec error within.
-        cause = _chatrec_cause(e)
-        if cause is None:
-            raise
-        print(f"chatrec: error: {cause}", file=sys.stderr)
-        return cause.exit_code
-
-
-def _chatrec_cause(error: BaseException) -> ChatrecError | None:
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, ChatrecError):
-            return error
-        seen.add(id(error))
-        error = getattr(error, "cause", None) or error.__cause__
-    return None
+    configure_logging(args.verbose)
+    return run_command(lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -56,6 +56,14 @@ class RunOutput:
         scheme = self.root_uri.split("://", 1)[0]
         return f"{scheme}://{inner}"
 
+    def dataset(self, name: str) -> pads.Dataset:
+        """A staged table as a pyarrow dataset, for the driver to read back.
+
+        Goes through the run's own filesystem with a bucket/key path: pyarrow refuses a URI
+        (`path(name)` on an object store) together with an explicit filesystem.
+        """
+        return pads.dataset(posixpath.join(self.staging_dir, name), filesystem=self.fs, format="parquet")
+
     def published_path(self, name: str = "") -> str:
         inner = posixpath.join(self.final_dir, name) if name else self.final_dir
         if self.local:
@@ -102,6 +110,13 @@ class RunOutput:
         if not files:
             return None
         return pads.dataset(files, filesystem=self.fs, format="parquet").count_rows()
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        """A file inside the staging run (e.g. matcher/model.pt)."""
+        path = posixpath.join(self.staging_dir, name)
+        self.fs.create_dir(posixpath.dirname(path), recursive=True)
+        with self.fs.open_output_stream(path) as f:
+            f.write(data)
 
     def write_json(self, name: str, data: dict) -> None:
         with self.fs.open_output_stream(posixpath.join(self.staging_dir, name)) as f:

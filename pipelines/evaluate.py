@@ -174,3 +174,10 @@ def compare_runs(results: list[RunEvaluation], *, n_bootstrap: int, seed: int) -
         a.evaluation.per_user, b.evaluation.per_user, metric_names(a.evaluation.ks),
         n_bootstrap=n_bootstrap, seed=seed,
     )
+
+
+def write_comparison(results: list[RunEvaluation], deltas: list[MetricDelta]) -> str:
+    """compare-<run A>.json in run B's directory: B against A on every metric; its location."""
+    a, b = results
+    record = {"a": a.run.run_id, "b": b.run.run_id, "deltas": [d.to_dict() for d in deltas]}
+    return add_run_file(b.run.run_dir, f"compare-{a.run.run_id}.json", json.dumps(record, indent=2).encode())

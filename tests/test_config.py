@@ -78,7 +78,7 @@ def test_path_flag_keeps_the_files_format_and_rename(tmp_path):
 
 
 def test_errors_wrapped_by_ray_workers_keep_their_exit_code():
-    from chatrec.cli import _chatrec_cause
+    from chatrec.entrypoint import chatrec_cause as _chatrec_cause
     from chatrec.errors import ModelLoadError
 
     class Wrapped(Exception):

@@ -20,9 +20,22 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from chatrec.errors import ConfigError
+
 METRICS = ("recall", "ndcg", "mrr", "hit", "precision")
 DEFAULT_KS = (5, 10, 20)
 PRIMARY_METRIC = "ndcg@10"
+
+
+def parse_ks(text: str) -> tuple[int, ...]:
+    """`--k 5,10,20` -> (5, 10, 20), sorted and distinct."""
+    try:
+        ks = tuple(sorted({int(k) for k in text.split(",") if k.strip()}))
+    except ValueError:
+        ks = ()
+    if not ks or min(ks) < 1:
+        raise ConfigError(f"--k must be comma-separated positive integers, e.g. 5,10,20; got {text!r}")
+    return ks
 
 
 def metric_names(ks: tuple[int, ...]) -> list[str]:
@@ -103,6 +116,6 @@ def ndcg_of_topk(topk: np.ndarray, positives: list[np.ndarray], k: int) -> float
     for row, pos in zip(topk[:, :k], positives):
         if len(pos) == 0:
             continue
-        hit = np.isin(row, pos)  # (k,)
-        scores.append(float(discount[hit].sum() / ideal[min(k, len(pos)) - 1]))
+        hit = np.isin(row, pos)  # (<= k,): a catalogue smaller than k gives shorter lists
+        scores.append(float(discount[: len(hit)][hit].sum() / ideal[min(k, len(pos)) - 1]))
     return float(np.mean(scores)) if scores else 0.0

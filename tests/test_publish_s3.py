@@ -1,0 +1,90 @@
+"""Publishing and reading on object storage, against moto's S3 server on 127.0.0.1.
+
+On an object store a rename is a copy, so a run is written in place and LATEST is the
+commit: these check that contract, and that locations resolve there as they do locally.
+"""
+
+import pyarrow as pa
+import pytest
+
+from chatrec import schemas
+from chatrec.errors import PublishError
+from chatrec.publish import RunOutput, add_run_file, read_latest
+from chatrec.sources import resolve_files
+from tests.cluster_fixtures import s3_server
+
+BUCKET = "publish"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    import boto3
+
+    with s3_server(tmp_path_factory.mktemp("s3")) as server, pytest.MonkeyPatch.context() as env:
+        for key, value in server.env.items():
+            env.setenv(key, value)
+        boto3.client("s3").create_bucket(Bucket=BUCKET)
+        yield server
+
+
+def recommendations(run_id: str) -> pa.Table:
+    return pa.Table.from_pylist(
+        [{"user_id": "u1", "rank": 1, "item_id": "a", "score": 1.0, "because_item_id": None,
+          "reason": "test", "strategy": "content", "run_id": run_id}],
+        schema=schemas.RECOMMENDATIONS,
+    )
+
+
+def test_a_run_becomes_visible_only_when_latest_is_written(s3):
+    root = f"s3://{BUCKET}/out"
+    run = RunOutput(root, "r1")
+    run.prepare()
+    run.write_table("recommendations", recommendations("r1"))
+    run.write_json("manifest.json", {"run_id": "r1"})
+    # Written in place (no staging copy on an object store), but not committed yet.
+    assert run.path("recommendations") == f"{root}/runs/r1/recommendations"
+    assert read_latest(root) is None
+    # The driver reads a staged table back through the run's own filesystem.
+    assert run.dataset("recommendations").to_table().equals(recommendations("r1"))
+    assert run.count_rows("recommendations") == 1
+
+    run.commit()
+    assert read_latest(root) == f"{root}/runs/r1" == run.published_path()
+    with pytest.raises(PublishError, match="already published"):
+        RunOutput(root, "r1").prepare()
+
+
+def test_a_failed_attempt_is_cleared_and_latest_left_alone(s3):
+    root = f"s3://{BUCKET}/retry"
+    done = RunOutput(root, "r1")
+    done.prepare()
+    done.write_json("manifest.json", {"run_id": "r1"})
+    done.commit()
+    crashed = RunOutput(root, "r2")
+    crashed.prepare()
+    crashed.write_table("recommendations", recommendations("r2"))  # then the job died
+
+    assert read_latest(root) == f"{root}/runs/r1"
+    again = RunOutput(root, "r2")
+    again.prepare()  # the partial output of the crashed attempt is not reused
+    assert again.count_rows("recommendations") is None
+
+
+def test_locations_resolve_on_s3_as_locally(s3):
+    import boto3
+
+    client = boto3.client("s3")
+    for key in ("in/b.parquet", "in/a.parquet", "in/_SUCCESS", "in/sub/.hidden.csv", "in/sub/c.csv", "in/notes.txt"):
+        client.put_object(Bucket=BUCKET, Key=key, Body=b"x")
+
+    listed = resolve_files(f"s3://{BUCKET}/in/")
+    assert listed.display == tuple(f"s3://{BUCKET}/in/{n}" for n in ("a.parquet", "b.parquet", "sub/c.csv"))
+    assert resolve_files(f"s3://{BUCKET}/in/*.parquet").paths == (f"{BUCKET}/in/a.parquet", f"{BUCKET}/in/b.parquet")
+
+
+def test_derived_files_are_added_to_a_published_run(s3):
+    import boto3
+
+    run_dir = f"s3://{BUCKET}/out/runs/r1"
+    assert add_run_file(run_dir, "evaluation.json", b"{}") == f"{run_dir}/evaluation.json"
+    assert boto3.client("s3").get_object(Bucket=BUCKET, Key="out/runs/r1/evaluation.json")["Body"].read() == b"{}"
