@@ -14,8 +14,10 @@ import faiss
 import numpy as np
 import pyarrow as pa
 import ray
+import scipy.sparse as sp
 
 from chatrec import schemas
+from chatrec.baselines.topk import top_k_excluding
 from chatrec.catalogue import ItemCatalogue
 from chatrec.encoder import PROGRESS_EVERY_S, fixed_size_list_to_numpy
 from chatrec.explain import because_rows, reason
@@ -41,7 +43,13 @@ class Recommender:
         run_id: str,
         backend: str = "cpu",
         threads: int | None = None,
+        strategy: str = "content",
+        fusion: dict | ray.ObjectRef | None = None,
     ) -> None:
+        """`strategy` names the signal of the vectors ("content": text, "two-tower": the
+        matcher). `fusion` ({"fusion": Fusion, "collaborative": ItemItemModel}) switches to
+        the hybrid: exact dense scoring of every item, each row naming the signal that
+        carried it."""
         if threads:
             faiss.omp_set_num_threads(threads)
         # Fails with a clear message when a GPU actor's node has faiss-cpu only.
@@ -51,6 +59,12 @@ class Recommender:
         self.top_k = top_k
         self.search_batch_size = search_batch_size
         self.run_id = run_id
+        self.strategy = strategy
+        self.fusion = _get(fusion)
+        if self.fusion is not None:
+            items = self.fusion["collaborative"].matrix.item_ids
+            if list(items) != list(self.catalogue.item_ids):
+                raise RuntimeError("the collaborative model's items are not the catalogue's")  # internal bug
         self._done = 0
         self._started = self._last_log = time.monotonic()
 
@@ -66,19 +80,28 @@ class Recommender:
         queries = fixed_size_list_to_numpy(batch.column("embedding"))  # (n, dim)
         seen = [np.asarray(s, dtype=np.int64) for s in batch.column("seen_rows").to_pylist()]
         recent = [np.asarray(r, dtype=np.int64) for r in batch.column("recent_rows").to_pylist()]
-        top = self.index.search_excluding(queries, self.top_k, seen)  # (n, k)
         user_ids = batch.column("user_id").to_pylist()
-        out_user, out_rank, out_rows, out_scores, out_because, out_reason = [], [], [], [], [], []
+        if self.fusion is not None:
+            rows_of, scores_of, explained = self._fused(queries, seen, user_ids)
+        else:
+            top = self.index.search_excluding(queries, self.top_k, seen)  # (n, k)
+            rows_of, scores_of, explained = top.rows, top.scores, None
+        out_user, out_rank, out_rows, out_scores, out_because, out_reason, out_strategy = [], [], [], [], [], [], []
         for u, user in enumerate(user_ids):
-            valid = top.rows[u] >= 0  # fewer only when the catalogue has < k unseen items
-            rows = top.rows[u][valid]
+            valid = rows_of[u] >= 0  # fewer only when the catalogue has < k unseen items
+            rows = rows_of[u][valid]
             because = because_rows(self.catalogue, rows, recent[u])  # (k,)
+            reasons = [reason(self.catalogue, int(r), int(b)) for r, b in zip(rows, because)]
+            strategies = [self.strategy] * len(rows)
+            if explained is not None:
+                because, reasons, strategies = explained(u, rows, because, reasons)
             out_user.extend([user] * len(rows))
             out_rank.extend(range(1, len(rows) + 1))
             out_rows.append(rows)
-            out_scores.append(top.scores[u][valid])
+            out_scores.append(scores_of[u][valid])
             out_because.append(because)
-            out_reason.extend(reason(self.catalogue, int(r), int(b)) for r, b in zip(rows, because))
+            out_reason.extend(reasons)
+            out_strategy.extend(strategies)
         rows = np.concatenate(out_rows) if out_rows else np.zeros(0, np.int64)
         because = np.concatenate(out_because) if out_because else np.zeros(0, np.int64)
         ids = self.catalogue.item_ids
@@ -90,11 +113,48 @@ class Recommender:
                 "score": pa.array(np.concatenate(out_scores) if out_scores else [], pa.float32()),
                 "because_item_id": pa.array([ids[b] if b >= 0 else None for b in because], pa.string()),
                 "reason": pa.array(out_reason, pa.string()),
-                "strategy": pa.array(["content"] * len(rows), pa.string()),
+                "strategy": pa.array(out_strategy, pa.string()),
                 "run_id": pa.array([self.run_id] * len(rows), pa.string()),
             },
             schema=schemas.RECOMMENDATIONS,
         )
+
+    def _fused(self, queries: np.ndarray, seen: list[np.ndarray], user_ids: list[str]):
+        """Exact hybrid top-K: every item scored by both signals (see chatrec.matcher.fusion)."""
+        fusion, collaborative = self.fusion["fusion"], self.fusion["collaborative"]
+        n, n_items = len(queries), self.catalogue.size
+        tower = queries @ self.catalogue.vectors.T  # (n, n_items)
+        codes = collaborative.matrix.user_codes(user_ids)  # (n,) -1: no collaborative history
+        cf = np.zeros_like(tower)  # (n, n_items)
+        known = codes >= 0
+        if known.any():
+            cf[known] = collaborative.scores(codes[known])
+        tower_term, cf_term = fusion.terms(tower, cf)  # (n, n_items) each
+        seen_matrix = sp.csr_matrix(
+            (np.ones(sum(len(s) for s in seen), np.float32), np.concatenate(seen) if seen else [],
+             np.concatenate([[0], np.cumsum([len(s) for s in seen])])),
+            shape=(n, n_items),
+        )
+        top = top_k_excluding(tower_term + cf_term, seen_matrix, self.top_k)  # (n, k)
+        picked = np.maximum(top.codes, 0)  # (n, k)
+        rows_idx = np.arange(n)[:, None]
+        carried = cf_term[rows_idx, picked] > tower_term[rows_idx, picked]  # (n, k): collaborative won
+        cf_because = np.full(top.codes.shape, -1, np.int64)
+        if known.any():
+            cf_because[known] = collaborative.because(codes[known], top.codes[known])
+        titles = self.catalogue.display_titles
+
+        def explained(u, rows, because, reasons):
+            k = len(rows)
+            out_because, out_reasons, out_strategy = because.copy(), list(reasons), ["two-tower"] * k
+            for j in range(k):
+                if carried[u, j] and cf_because[u, j] >= 0:
+                    out_because[j] = cf_because[u, j]
+                    out_reasons[j] = f"often together with {titles[cf_because[u, j]]}"
+                    out_strategy[j] = "collaborative"
+            return out_because, out_reasons, out_strategy
+
+        return top.codes, top.scores, explained
 
     def _report(self, rows: int) -> None:
         self._done += rows

@@ -15,7 +15,7 @@ from typing import Literal
 
 import ray
 
-from chatrec.config import EncoderConfig, RayConfig, RetrievalConfig
+from chatrec.config import EncoderConfig, MatcherConfig, RayConfig, RetrievalConfig
 from chatrec.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -148,3 +148,13 @@ def retrieval_plan(cfg: RetrievalConfig, res: ClusterResources) -> ActorPlan:
 def user_plan(res: ClusterResources) -> ActorPlan:
     """User-tower actors: the recency-weighted mean is a numpy gather, CPU work."""
     return _cpu_pool("auto", _cpu_threads("auto", res), res)
+
+
+def trainer_plan(cfg: MatcherConfig, res: ClusterResources) -> ActorPlan:
+    """Ray Train workers: one per GPU with GPUs; on CPU one worker using a node's cores."""
+    if _use_gpu(cfg.device, res, "matcher.device"):
+        n = res.gpus if cfg.num_workers == "auto" else cfg.num_workers
+        return ActorPlan(num_actors=n, num_cpus=1, num_gpus=1, threads=None, device="cuda")
+    threads = _cpu_threads("auto", res)
+    n = 1 if cfg.num_workers == "auto" else cfg.num_workers
+    return _cpu_pool(n, max(1, threads // n), res)

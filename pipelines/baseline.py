@@ -312,6 +312,8 @@ def _run_content(
     if items is not None:
         data["inputs"]["items"] = items.model_dump(mode="json")
     data.setdefault("retrieval", {})["top_k"] = top_k
+    # Zero-shot: the text vectors' recency-weighted mean, never the finetuned matcher.
+    data.setdefault("matcher", {})["enabled"] = False
     data["output"] = {"path": output, "run_id": run_id}
     try:
         cfg = ChatrecConfig.model_validate(data)

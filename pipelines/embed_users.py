@@ -11,7 +11,6 @@ import ray
 
 from chatrec import schemas
 from chatrec.runtime import ActorPlan
-from chatrec.user_vectors import RecencyMeanUserEncoder
 from pipelines.embed_items import blocks
 
 # Users per block: a block of 4096 users with 50-item histories gathers ~200k item vectors
@@ -22,20 +21,18 @@ USERS_PER_BLOCK = 4096
 def embed_users(
     histories: pa.Table,
     *,
-    catalogue_ref: ray.ObjectRef,
+    tower: type,
+    tower_kwargs: dict,
     dim: int,
-    half_life: float,
-    profile_weight: float = 0.0,
-    text_encoder: dict | None = None,
     plan: ActorPlan,
     work_path: str,
     out_path: str,
 ) -> None:
+    """Histories -> user vectors with the user tower `tower` (a Ray Data callable class:
+    RecencyMeanUserEncoder, or the matcher's MatcherUserEncoder), loaded once per actor."""
     ds = ray.data.from_arrow(blocks(histories, USERS_PER_BLOCK)).map_batches(
-        RecencyMeanUserEncoder,
-        fn_constructor_kwargs=dict(
-            catalogue=catalogue_ref, half_life=half_life, profile_weight=profile_weight, text_encoder=text_encoder
-        ),
+        tower,
+        fn_constructor_kwargs=tower_kwargs,
         batch_size=USERS_PER_BLOCK,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=plan.num_actors),

@@ -12,14 +12,19 @@
 
 from __future__ import annotations
 
+import io
 import logging
+import os
+import shutil
 import time
 from dataclasses import dataclass
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as pads
 import ray
+import torch
 from transformers import AutoConfig
 
 from chatrec import schemas
@@ -34,12 +39,15 @@ from chatrec.model_loading import model_fingerprint, resolve_model_dir
 from chatrec.publish import WORK_DIR, RunOutput
 from chatrec.recommender import popularity_rows
 from chatrec.retrieval import ExactIndex
-from chatrec.runtime import connect, encoder_plan, encoder_precision, retrieval_plan, user_plan
+from chatrec.matcher.user_tower import MatcherUserEncoder
+from chatrec.runtime import connect, encoder_plan, encoder_precision, retrieval_plan, trainer_plan, user_plan
+from chatrec.user_vectors import RecencyMeanUserEncoder
 from chatrec.stage_metrics import StageClock
 from pipelines.embed_items import embed_items
 from pipelines.embed_users import embed_users
 from pipelines.ingest import item_texts, read_inputs
 from pipelines.recommend import recommend
+from pipelines.train_matcher import MatcherArtifacts, matcher_artifacts, train_matcher
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +60,7 @@ class RunResult:
 
 
 def _read_embeddings(output: RunOutput, name: str, key: str) -> tuple[list[str], np.ndarray]:
-    table = pads.dataset(output.path(name), filesystem=None if output.local else output.fs, format="parquet")
-    table = table.to_table(columns=[key, "embedding"]).sort_by(key)
+    table = output.dataset(name).to_table(columns=[key, "embedding"]).sort_by(key)
     return table.column(key).to_pylist(), fixed_size_list_to_numpy(table.column("embedding"))
 
 
@@ -105,6 +112,12 @@ def run_job(cfg: ChatrecConfig, *, baseline: str | None = None) -> RunResult:
         m.rows = len(item_ids)
     if item_ids != texts.column("item_id").to_pylist():
         raise RuntimeError("item embeddings do not cover the catalogue one-to-one")  # internal bug
+    # 4b. The matcher: trained on the log, its item tower replaces the text vectors for scoring
+    matcher = None
+    if cfg.matcher.enabled:
+        matcher = _train_matcher(cfg, clock, resources, output, run_id, vectors, item_ids,
+                                 pl.from_arrow(inputs.interactions.table))
+        vectors = matcher.item_vectors
     catalogue = build_catalogue(inputs.items.table, vectors, inputs.knowledge)
     catalogue_ref = ray.put(catalogue)
     index_ref = ray.put(ExactIndex.build(vectors).to_bytes())
@@ -130,12 +143,20 @@ def run_job(cfg: ChatrecConfig, *, baseline: str | None = None) -> RunResult:
             batch_size=cfg.encoder.batch_size, device=enc_plan.device, precision=precision,
             num_threads=enc_plan.threads,
         ) if profiles else None
+        if matcher is not None:
+            tower, tower_kwargs = MatcherUserEncoder, dict(
+                catalogue=catalogue_ref, matcher=ray.put(matcher.user_tower), threads=user_plan(resources).threads
+            )
+        else:
+            tower, tower_kwargs = RecencyMeanUserEncoder, dict(
+                catalogue=catalogue_ref, half_life=cfg.history.half_life,
+                profile_weight=cfg.history.profile_weight if profiles else 0.0, text_encoder=text_encoder,
+            )
         if population.histories.num_rows:
             embed_users(
-                population.histories, catalogue_ref=catalogue_ref, dim=dim, half_life=cfg.history.half_life,
-                profile_weight=cfg.history.profile_weight if profiles else 0.0, text_encoder=text_encoder,
-                plan=enc_plan if profiles else user_plan(resources), work_path=output.path(f"{WORK_DIR}/user_vectors"),
-                out_path=output.path("user_embeddings"),
+                population.histories, tower=tower, tower_kwargs=tower_kwargs, dim=catalogue.dim,
+                plan=enc_plan if profiles and matcher is None else user_plan(resources),
+                work_path=output.path(f"{WORK_DIR}/user_vectors"), out_path=output.path("user_embeddings"),
             )
         m.rows = population.histories.num_rows
 
@@ -145,7 +166,8 @@ def run_job(cfg: ChatrecConfig, *, baseline: str | None = None) -> RunResult:
             recommend(
                 user_vectors_path=output.path(f"{WORK_DIR}/user_vectors"), index_ref=index_ref,
                 catalogue_ref=catalogue_ref, retrieval=cfg.retrieval, plan=topk_plan, run_id=run_id,
-                out_path=output.path("recommendations"),
+                out_path=output.path("recommendations"), strategy="two-tower" if matcher else "content",
+                fusion=ray.put(matcher.fusion) if matcher is not None and matcher.fusion else None,
             )
         fallback = population.fallback_user_ids.to_pylist()
         if fallback:
@@ -163,7 +185,7 @@ def run_job(cfg: ChatrecConfig, *, baseline: str | None = None) -> RunResult:
             output.write_table("rejects", rejects)
         output.ensure_table("rejects", schemas.REJECTS)
         output.ensure_table("recommendations", schemas.RECOMMENDATIONS)
-        output.ensure_table("user_embeddings", schemas.user_embeddings(dim))
+        output.ensure_table("user_embeddings", schemas.user_embeddings(catalogue.dim))
         counts = {
             name: output.count_rows(name)
             for name in ("recommendations", "item_embeddings", "user_embeddings", "rejects")
@@ -182,6 +204,7 @@ def run_job(cfg: ChatrecConfig, *, baseline: str | None = None) -> RunResult:
                 "precision": precision,
             },
             "item_text_template": TEMPLATE_VERSION,
+            "matcher": matcher.manifest if matcher is not None else None,
             "top_k": cfg.retrieval.top_k,
             "inputs": {
                 "items": {"rows": inputs.items.rows_read, "valid": inputs.items.table.num_rows},
@@ -214,7 +237,38 @@ def run_job(cfg: ChatrecConfig, *, baseline: str | None = None) -> RunResult:
     manifest["wall_seconds"] = round(time.perf_counter() - started, 3)
     output.write_json("manifest.json", manifest)
     output.commit()
+    if matcher is not None and output.local:
+        # The best weights are in the published run now; the training checkpoints are not needed.
+        shutil.rmtree(os.path.join(output.root, MATCHER_CHECKPOINTS, run_id), ignore_errors=True)
     return RunResult(run_id=run_id, run_dir=output.published_path(), manifest=manifest)
+
+
+MATCHER_CHECKPOINTS = ".matcher-checkpoints"
+
+
+def _train_matcher(cfg, clock, resources, output, run_id, text, item_ids, log) -> MatcherArtifacts:
+    """Train the matcher with Ray Train and save its best weights into the run (matcher/)."""
+    plan = trainer_plan(cfg.matcher, resources)
+    # Checkpoints live beside the runs, not in the staging run: a re-run with the same run id
+    # finds them and resumes (staging is cleared on a new attempt).
+    storage = f"{output.root_uri}/{MATCHER_CHECKPOINTS}" if not output.local else os.path.join(output.root, MATCHER_CHECKPOINTS)
+    with clock.stage("train-matcher", "examples") as m:
+        trained = train_matcher(text=text, item_ids=item_ids, log=log, cfg=cfg.matcher, plan=plan,
+                                storage=storage, name=run_id)
+        m.rows = int(len(trained.data.sequences.examples()[0]))
+        best = trained.manifest()["validation"]
+        m.detail = (f"{len(trained.state['history'])} epochs, best {trained.state['best_epoch']}: "
+                    f"validation NDCG@10 {best['ndcg@10']:.4f}")
+    with clock.stage("fusion", "items") as m:
+        artifacts = matcher_artifacts(trained, text=text, item_ids=item_ids, log=log, fusion=cfg.matcher.fusion)
+        m.rows = len(item_ids)
+        fusion = artifacts.manifest.get("fusion")
+        m.detail = f"two-tower weight {fusion['weight']}" if fusion else "off"
+    buffer = io.BytesIO()
+    torch.save(trained.state_dict, buffer)
+    output.write_bytes("matcher/model.pt", buffer.getvalue())
+    artifacts.manifest["checkpoint"] = "matcher/model.pt"
+    return artifacts
 
 
 EXAMPLE_USERS = 3
@@ -226,8 +280,7 @@ def _examples(output: RunOutput, catalogue, histories: pa.Table, fallback: list[
     users = histories.column("user_id").to_pylist()[:EXAMPLE_USERS] or fallback[:EXAMPLE_USERS]
     if not users:
         return []
-    recs = pads.dataset(output.path("recommendations"), filesystem=None if output.local else output.fs)
-    table = recs.to_table(
+    table = output.dataset("recommendations").to_table(
         filter=pads.field("user_id").isin(users) & (pads.field("rank") <= EXAMPLE_ITEMS)
     ).sort_by([("user_id", "ascending"), ("rank", "ascending")])
     row_of = {item_id: i for i, item_id in enumerate(catalogue.item_ids)}

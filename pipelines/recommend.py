@@ -23,6 +23,8 @@ def recommend(
     plan: ActorPlan,
     run_id: str,
     out_path: str,
+    strategy: str = "content",
+    fusion: ray.ObjectRef | None = None,
 ) -> None:
     ds = ray.data.read_parquet(user_vectors_path).map_batches(
         Recommender,
@@ -34,6 +36,8 @@ def recommend(
             run_id=run_id,
             backend="gpu" if plan.device == "cuda" else "cpu",
             threads=plan.threads,
+            strategy=strategy,
+            fusion=fusion,
         ),
         batch_size=USERS_PER_BLOCK,
         batch_format="pyarrow",

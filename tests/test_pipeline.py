@@ -20,6 +20,8 @@ def config(paths, output, model_dir, **extra):
         "encoder": {"model": str(model_dir), "max_length": 32},
         "retrieval": {"top_k": 3},
         "output": {"path": str(output)},
+        # The content path's known answers; the matcher has its own tests below.
+        "matcher": {"enabled": False},
     }
     for key, value in extra.items():
         section, name = key.split("__")
@@ -159,3 +161,34 @@ def test_cli_errors_become_messages_and_exit_codes(tmp_path, capsys):
     bad.write_text("inputs: {items: a, interactions: b}\nretreival: {}\n")
     assert main(["run", "--config", str(bad)]) == 2
     assert "unknown key 'retreival'" in capsys.readouterr().err
+
+
+def test_the_matcher_trains_and_scores_inside_the_job(ray_cluster, tiny_model_dir, tmp_path):
+    paths = make_toy_catalogue(tmp_path)
+    items = ["a1", "a2", "b1", "b2", "c1", "c2", "d1", "e1"]
+    rows, t = [], 0
+    for u in range(16):  # each user walks through a few items, in a user-specific order
+        for item in [items[(u + k * 3) % len(items)] for k in range(5)]:
+            rows.append({"user_id": f"u{u:02d}", "item_id": item, "timestamp": t})
+            t += 1
+    paths["interactions"] = write_parquet(tmp_path / "log.parquet", rows)
+    cfg = config(paths, tmp_path / "out", tiny_model_dir, output__run_id="m1", matcher__enabled=True,
+                 matcher__max_epochs=2, matcher__dim=16, matcher__batch_size=32)
+    result = run_job(cfg)
+    manifest = json.loads(open(os.path.join(result.run_dir, "manifest.json")).read())
+    assert manifest["matcher"]["epochs_run"] == 2 and manifest["matcher"]["validation"]["users"] == 16
+    assert 0.0 <= manifest["matcher"]["fusion"]["weight"] <= 1.0
+    recs = recs_by_user(result.run_dir)
+    seen = {}
+    for r in rows:
+        seen.setdefault(r["user_id"], set()).add(r["item_id"])
+    assert all(len(v) == 3 for v in recs.values())  # 8 items, 5 seen: exactly 3 left
+    assert all(r["item_id"] not in seen[u] and r["because_item_id"] in seen[u] for u, v in recs.items() for r in v)
+    assert {r["strategy"] for v in recs.values() for r in v} <= {"two-tower", "collaborative"}
+    # The user embeddings live in the matcher's space; its best weights ship with the run.
+    assert table(result.run_dir, "user_embeddings").schema.field("embedding").type.list_size == 16
+    import torch
+
+    state = torch.load(os.path.join(result.run_dir, "matcher", "model.pt"), weights_only=True)
+    assert state["item_ids.weight"].shape == (8, 16)
+    assert not os.path.exists(tmp_path / "out" / ".matcher-checkpoints" / "m1")

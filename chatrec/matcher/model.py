@@ -1,0 +1,84 @@
+"""The two-tower matcher: user history -> user vector, item text (+ id) -> item vector.
+
+Item tower: the frozen text-encoder vector of an item, projected to the shared space, plus
+a learned id embedding for items that had training interactions (collaborative signal for
+known items; a brand-new item still has its text). Output is L2-normalised.
+
+User tower: the user's most recent items (newest first, as item-tower vectors) plus a
+learned position embedding (order and recency matter), through a small transformer
+encoder; the output at the newest position is the user vector, L2-normalised.
+
+Score = cosine(user, item) * exp(log_scale): a learned temperature.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class TwoTower(nn.Module):
+    def __init__(
+        self,
+        *,
+        n_items: int,
+        text_dim: int,
+        dim: int,
+        max_history: int,
+        heads: int,
+        layers: int,
+        dropout: float,
+        temperature: float,
+    ) -> None:
+        super().__init__()
+        self.n_items, self.text_dim, self.dim, self.max_history = n_items, text_dim, dim, max_history
+        self.text_projection = nn.Linear(text_dim, dim)
+        self.item_ids = nn.Embedding(n_items, dim)
+        nn.init.normal_(self.item_ids.weight, std=0.02)
+        # Items without training interactions keep a zero id vector: text alone places them.
+        self.register_buffer("has_id", torch.zeros(n_items, dtype=torch.bool))
+        self.positions = nn.Embedding(max_history, dim)
+        nn.init.normal_(self.positions.weight, std=0.02)
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, dim_feedforward=2 * dim, dropout=dropout, batch_first=True, norm_first=True
+        )
+        self.sequence = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.dropout = nn.Dropout(dropout)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
+
+    def items(self, text: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """text (m, text_dim) of the items at `rows` (m,) -> unit item vectors (m, dim)."""
+        ids = self.item_ids(rows) * self.has_id[rows].unsqueeze(-1)  # (m, dim)
+        return F.normalize(self.text_projection(text) + ids, dim=-1)
+
+    def users(self, history: torch.Tensor, padded: torch.Tensor) -> torch.Tensor:
+        """Newest-first histories of item vectors -> unit user vectors.
+
+        history (b, L, dim) item-tower vectors, padded (b, L) True where there is no item;
+        every history has at least one item.
+        """
+        steps = torch.arange(history.shape[1], device=history.device)  # (L,)
+        x = history + self.positions(steps)  # (b, L, dim)
+        h = self.sequence(self.dropout(x), src_key_padding_mask=padded)  # (b, L, dim)
+        return F.normalize(h[:, 0], dim=-1)  # (b, dim): read at the newest item
+
+    def forward(
+        self, item_text: torch.Tensor, item_rows: torch.Tensor, history: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        """In-batch logits: every user in the batch against every target in the batch.
+
+        The batch's distinct items go through the item tower once: item_text (m, text_dim)
+        and item_rows (m,); history (b, L) and targets (b,) index into those m items
+        (history -1 where padded). Returns (b, b).
+        """
+        vectors = self.items(item_text, item_rows)  # (m, dim)
+        padded = history < 0  # (b, L)
+        users = self.users(vectors[history.clamp(min=0)], padded)  # (b, dim)
+        return users @ vectors[targets].T * self.scale()  # (b, b)
+
+    def scale(self) -> torch.Tensor:
+        # Bounded so a runaway temperature cannot blow up the logits.
+        return self.log_scale.clamp(max=math.log(100.0)).exp()

@@ -1,0 +1,265 @@
+"""Training the two-tower matcher: the loss, one epoch, validation, and the Ray Train loop.
+
+Loss: sampled softmax over in-batch negatives. Each example (a user's history prefix ->
+the next item) scores its own target against every other target in the batch; the
+logits get the log-popularity correction (log Q: popular items appear as in-batch
+negatives more often, which would otherwise push them down), and a candidate that is
+one of the user's own training items is masked out: a user's positives are never
+negatives.
+
+The Ray Train loop (`train_loop_per_worker`) runs on every worker: DDP over the workers,
+examples from the "train" dataset shard, validation NDCG@10 / Recall@10 after each epoch
+reported with a checkpoint, early stopping on validation NDCG@10, and resumption from the
+checkpoint Ray Train hands back after a failure or a re-run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from chatrec.evaluation.metrics import ndcg_of_topk
+from chatrec.matcher.model import TwoTower
+from chatrec.matcher.sequences import Sequences
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.pt"  # the latest weights
+BEST_FILE = "best.pt"  # the weights of the best validation epoch so far
+OPTIMIZER_FILE = "optimizer.pt"
+STATE_FILE = "state.json"
+VALIDATION_K = 10
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What every worker needs, shipped once through the object store."""
+
+    text: np.ndarray  # (n_items, text_dim) float32: the frozen text-encoder item vectors
+    sequences: Sequences  # training sequences (validation items held out)
+    valid_users: np.ndarray  # (n_valid,) user indices into `sequences`
+    valid_targets: list[np.ndarray]  # n_valid arrays of held-out item rows
+    log_q: np.ndarray  # (n_items,) float32 log of each item's share of training targets
+    has_id: np.ndarray  # (n_items,) bool: items with training interactions
+
+    @classmethod
+    def build(cls, text: np.ndarray, sequences: Sequences, valid: dict[int, np.ndarray]) -> "TrainingData":
+        counts = np.bincount(sequences.items, minlength=sequences.n_items).astype(np.float64)  # (n_items,)
+        # +1 smoothing: an item never seen as a target still gets a finite correction.
+        log_q = np.log((counts + 1.0) / (counts.sum() + sequences.n_items)).astype(np.float32)
+        users = np.array(sorted(valid), dtype=np.int64)
+        return cls(text.astype(np.float32), sequences, users, [valid[u] for u in users], log_q, counts > 0)
+
+
+# A dense user x item bitmap up to 64M cells (64 MB of bools): a (b, b) lookup is a
+# gather. Beyond that, a sorted array of pair keys and a binary search.
+DENSE_SEEN_CELLS = 1 << 26
+
+
+class SeenPairs:
+    """Which (user, item) pairs are training interactions, for masking negatives."""
+
+    def __init__(self, sequences: Sequences) -> None:
+        self.n_items = sequences.n_items
+        keys = torch.from_numpy(sequences.pair_keys())  # sorted user * n_items + item
+        n_cells = len(sequences.user_ids) * sequences.n_items
+        self.dense = None
+        if n_cells <= DENSE_SEEN_CELLS:
+            self.dense = torch.zeros(n_cells, dtype=torch.bool)
+            self.dense[keys] = True
+            self.dense = self.dense.view(len(sequences.user_ids), sequences.n_items)
+        self.keys = keys
+
+    def contains(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """users (b,), items (b,) -> (b, b): is items[j] one of users[i]'s training items."""
+        if self.dense is not None:
+            return self.dense[users][:, items]
+        return torch.isin(users[:, None] * self.n_items + items[None, :], self.keys)
+
+
+def build_model(*, n_items: int, text_dim: int, params: dict) -> TwoTower:
+    return TwoTower(
+        n_items=n_items,
+        text_dim=text_dim,
+        dim=params["dim"],
+        max_history=params["max_history"],
+        heads=params["heads"],
+        layers=params["layers"],
+        dropout=params["dropout"],
+        temperature=params["temperature"],
+    )
+
+
+def in_batch_loss(
+    logits: torch.Tensor, users: torch.Tensor, targets: torch.Tensor, log_q: torch.Tensor, seen_keys: "SeenPairs",
+) -> torch.Tensor:
+    """Sampled softmax with log-Q correction; each user's own items are never negatives.
+
+    logits (b, b) user i x target j; users, targets (b,).
+    """
+    own = seen_keys.contains(users, targets) | (targets[None, :] == targets[:, None])  # (b, b)
+    own.fill_diagonal_(False)  # the example's own target stays the positive
+    corrected = (logits - log_q[targets][None, :]).masked_fill(own, float("-inf"))  # (b, b)
+    return F.cross_entropy(corrected, torch.arange(len(users), device=logits.device))
+
+
+def run_epoch(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: TrainingData, text: torch.Tensor,
+    examples: tuple[np.ndarray, np.ndarray], *, batch_size: int, max_history: int, rng: np.random.Generator,
+    seen_keys: "SeenPairs", log_q: torch.Tensor,
+) -> float:
+    """One pass over `examples` (user, position) in a random order; returns the mean loss."""
+    model.train()
+    users, positions = examples
+    order = rng.permutation(len(users))
+    losses = []
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        if len(idx) < 2:
+            continue  # a softmax over one candidate teaches nothing
+        hist = torch.from_numpy(data.sequences.histories(users[idx], positions[idx], max_history))  # (b, L)
+        target = torch.from_numpy(data.sequences.targets(users[idx], positions[idx]))  # (b,)
+        if data.sequences.n_items <= hist.numel():
+            # A small catalogue: every item through the item tower is cheaper than finding
+            # the batch's distinct items.
+            rows = torch.arange(data.sequences.n_items)
+            logits = model(text, rows, hist, target)  # (b, b)
+        else:
+            # The batch's distinct items, each through the item tower once.
+            rows, inverse = torch.unique(torch.cat([hist.flatten(), target]), return_inverse=True)  # (m,), (b*L + b,)
+            local = torch.where(hist.flatten() >= 0, inverse[: hist.numel()], -1).view_as(hist)  # (b, L)
+            valid_rows = rows.clamp(min=0)  # -1 (padding) maps to a real row it never reads
+            logits = model(text[valid_rows], valid_rows, local, inverse[hist.numel():])  # (b, b)
+        loss = in_batch_loss(logits, torch.from_numpy(users[idx]), target, log_q, seen_keys)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+@torch.no_grad()
+def item_vectors(model: TwoTower, text: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+    """Every item through the item tower: (n_items, dim)."""
+    model.eval()
+    rows = torch.arange(text.shape[0])
+    return torch.cat([model.items(text[rows[i : i + chunk]], rows[i : i + chunk]) for i in range(0, len(rows), chunk)])
+
+
+@torch.no_grad()
+def user_vectors(model: TwoTower, items: torch.Tensor, histories: np.ndarray, chunk: int = 4096) -> torch.Tensor:
+    """items (n_items, dim) item-tower vectors, (n, L) newest-first histories -> (n, dim)."""
+    model.eval()
+    out = []
+    for i in range(0, len(histories), chunk):
+        hist = torch.from_numpy(histories[i : i + chunk])  # (c, L)
+        out.append(model.users(items[hist.clamp(min=0)], hist < 0))
+    return torch.cat(out) if out else torch.zeros(0, model.dim)
+
+
+@torch.no_grad()
+def validate(model: TwoTower, data: TrainingData, text: torch.Tensor, *, max_history: int) -> dict[str, float]:
+    """NDCG@10 and Recall@10 of the held-out items, training items excluded (full ranking)."""
+    seqs = data.sequences
+    users = data.valid_users
+    if len(users) == 0:
+        return {"ndcg@10": 0.0, "recall@10": 0.0}
+    items = item_vectors(model, text)  # (n_items, dim)
+    hist = seqs.histories(users, seqs.lengths[users], max_history)  # (n_valid, L)
+    scores = user_vectors(model, items, hist) @ items.T  # (n_valid, n_items)
+    owners = np.repeat(np.arange(len(users)), seqs.lengths[users])  # (n_seen,)
+    seen = np.concatenate([seqs.items[seqs.offsets[u] : seqs.offsets[u + 1]] for u in users])  # (n_seen,)
+    scores[torch.from_numpy(owners), torch.from_numpy(seen)] = float("-inf")
+    top = torch.topk(scores, min(VALIDATION_K, scores.shape[1]), dim=1).indices.numpy()  # (n_valid, k)
+    recall = np.mean([np.isin(t, row).sum() / len(t) for row, t in zip(top, data.valid_targets)])
+    return {"ndcg@10": ndcg_of_topk(top, data.valid_targets, VALIDATION_K), "recall@10": float(recall)}
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train's per-worker loop. `config` holds the TrainingData object ref and params."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    params = config["params"]
+    if config.get("threads"):
+        torch.set_num_threads(config["threads"])
+    data: TrainingData = ray.get(config["data"])
+    rank = ray.train.get_context().get_world_rank()
+    world = ray.train.get_context().get_world_size()
+    torch.manual_seed(params["seed"])  # identical initial weights on every worker
+    model = build_model(n_items=data.sequences.n_items, text_dim=data.text.shape[1], params=params)
+    model.has_id.copy_(torch.from_numpy(data.has_id))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=params["lr"], weight_decay=params["weight_decay"])
+
+    state = {"epoch": -1, "best_epoch": -1, "best": -1.0, "history": []}
+    best_state = None
+    # Ray Train's own (after a worker failure, or its snapshot of an earlier driver's run),
+    # else the one the driver found in storage.
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and config.get("resume_from"):
+        checkpoint = ray.train.Checkpoint.from_directory(config["resume_from"])
+    if checkpoint is not None:
+        with checkpoint.as_directory() as path:
+            model.load_state_dict(torch.load(os.path.join(path, MODEL_FILE), weights_only=True))
+            optimizer.load_state_dict(torch.load(os.path.join(path, OPTIMIZER_FILE), weights_only=True))
+            best_state = torch.load(os.path.join(path, BEST_FILE), weights_only=True)
+            with open(os.path.join(path, STATE_FILE)) as f:
+                state = json.load(f)
+        logger.info("matcher: resuming after epoch %d", state["epoch"])
+    ddp = ray.train.torch.prepare_model(model)
+    module: TwoTower = ddp.module if hasattr(ddp, "module") else ddp
+
+    # This worker's examples: its shard of (user, position) pairs.
+    shard = ray.train.get_dataset_shard("train")
+    parts = list(shard.iter_batches(batch_format="numpy", batch_size=65536))
+    examples = (
+        np.concatenate([p["user"] for p in parts]).astype(np.int64) if parts else np.zeros(0, np.int64),
+        np.concatenate([p["position"] for p in parts]).astype(np.int64) if parts else np.zeros(0, np.int64),
+    )
+    text = torch.from_numpy(data.text)
+    seen_keys = SeenPairs(data.sequences)
+    log_q = torch.from_numpy(data.log_q)
+    fail_at = config.get("fail_once_at_epoch")  # test hook: simulates a worker crash
+
+    # Where each attempt started: [0] for one uninterrupted run, [0, 3] after a resume at 3.
+    state.setdefault("starts", []).append(state["epoch"] + 1)
+    for epoch in range(state["epoch"] + 1, params["max_epochs"]):
+        if fail_at is not None and epoch == fail_at and rank == 0 and not os.path.exists(config["fail_marker"]):
+            open(config["fail_marker"], "w").close()
+            raise RuntimeError(f"simulated worker failure at epoch {epoch}")
+        started = time.perf_counter()
+        rng = np.random.default_rng(params["seed"] * 1000 + epoch * world + rank)
+        loss = run_epoch(ddp, optimizer, data, text, examples, batch_size=params["batch_size"],
+                         max_history=params["max_history"], rng=rng, seen_keys=seen_keys, log_q=log_q)
+        # Every worker holds the same weights after DDP's all-reduce, so every worker
+        # reaches the same validation result and the same early-stopping decision.
+        metrics = validate(module, data, text, max_history=params["max_history"])
+        if metrics["ndcg@10"] > state["best"]:
+            state["best"], state["best_epoch"] = metrics["ndcg@10"], epoch
+            best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        state["epoch"] = epoch
+        state["history"].append({"epoch": epoch, "loss": loss, **metrics, "seconds": time.perf_counter() - started})
+        stop = epoch - state["best_epoch"] >= params["patience"] or epoch == params["max_epochs"] - 1
+        state["done"] = stop
+        report = {"epoch": epoch, "loss": loss, **metrics, "best_ndcg@10": state["best"], "done": stop}
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                torch.save(module.state_dict(), os.path.join(tmp, MODEL_FILE))
+                torch.save(optimizer.state_dict(), os.path.join(tmp, OPTIMIZER_FILE))
+                torch.save(best_state, os.path.join(tmp, BEST_FILE))
+                with open(os.path.join(tmp, STATE_FILE), "w") as f:
+                    json.dump(state, f)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(report, checkpoint=checkpoint)
+        if stop:
+            break

@@ -1,0 +1,238 @@
+"""The matcher training stage: interaction log + item text vectors -> trained two towers.
+
+    1. hold out each user's latest interactions for validation (chatrec.evaluation.splits)
+    2. sequences and (history prefix -> next item) examples from the rest
+    3. Ray Train: TorchTrainer over `plan.num_actors` workers (DDP), examples as a Ray Data
+       dataset sharded across them, a checkpoint per epoch, early stopping on validation
+       NDCG@10, FailureConfig for worker failures
+    4. load the best epoch's weights (weights_only) from the last checkpoint
+
+Checkpoints live under `storage/name`. A re-run with the same name resumes from the
+latest checkpoint found there: Ray Train restores its own snapshot of the run, and the
+checkpoint we found is also handed to the workers explicitly (some Ray versions ignored a
+previous driver's checkpoints on restart). A finished training is not repeated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import ray
+import torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from chatrec.config import MatcherConfig
+from chatrec.errors import ConfigError, InputDataError
+from chatrec.evaluation.splits import split_user_time
+from chatrec.matcher.sequences import build_sequences
+from chatrec.matcher.training import BEST_FILE, STATE_FILE, TrainingData, train_loop_per_worker
+from chatrec.runtime import ActorPlan
+
+logger = logging.getLogger(__name__)
+
+# Users shorter than this keep every interaction for training: with 2 items, holding one out
+# leaves a single-item history, which teaches little and validates noisily.
+MIN_LENGTH_FOR_VALIDATION = 3
+MODEL_PARAMS = ("dim", "max_history", "heads", "layers", "dropout", "temperature", "lr", "weight_decay",
+                "batch_size", "max_epochs", "patience", "seed")
+
+
+@dataclass(frozen=True)
+class TrainedMatcher:
+    state_dict: dict[str, torch.Tensor]  # the best validation epoch's weights
+    params: dict
+    state: dict  # epoch, best_epoch, best (validation NDCG@10), per-epoch history
+    data: TrainingData  # what it was trained and validated on (fusion is tuned on the same)
+    train_log: pl.DataFrame
+    valid_log: pl.DataFrame  # the held-out interactions
+    workers: str
+    seconds: float
+
+    def manifest(self) -> dict:
+        best = next(h for h in self.state["history"] if h["epoch"] == self.state["best_epoch"])
+        return {
+            "params": self.params,
+            "best_epoch": self.state["best_epoch"],
+            "epochs_run": len(self.state["history"]),
+            "validation": {"ndcg@10": best["ndcg@10"], "recall@10": best["recall@10"],
+                           "users": int(len(self.data.valid_users))},
+            "history": self.state["history"],
+            "workers": self.workers,
+            "train_seconds": round(self.seconds, 3),
+        }
+
+
+def hold_out(log: pl.DataFrame, share: float) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Each user's latest `share` of interactions (at least one, for users with enough) -> valid."""
+    split = split_user_time(log.select("user_id", "item_id", "timestamp"), (1.0 - share, share, 0.0))
+    train, valid = pl.from_arrow(split.train), pl.from_arrow(split.valid)
+    short = train.group_by("user_id").len().filter(pl.col("len") < MIN_LENGTH_FOR_VALIDATION - 1)["user_id"]
+    if short.len():
+        # Users too short to validate on give their held-out rows back to training.
+        back = valid.filter(pl.col("user_id").is_in(short.implode()))
+        train, valid = pl.concat([train, back]), valid.join(back, on=["user_id", "item_id", "timestamp"], how="anti")
+    return train, valid
+
+
+def training_data(text: np.ndarray, item_rows: dict[str, int], train: pl.DataFrame, valid: pl.DataFrame) -> TrainingData:
+    seqs = build_sequences(train, item_rows, len(item_rows))
+    user_index = {u: i for i, u in enumerate(seqs.user_ids)}
+    targets: dict[int, list[int]] = {}
+    for user, item in valid.select("user_id", "item_id").iter_rows():
+        if user in user_index and item in item_rows:
+            targets.setdefault(user_index[user], []).append(item_rows[item])
+    return TrainingData.build(text, seqs, {u: np.unique(np.array(t, np.int64)) for u, t in targets.items()})
+
+
+def latest_checkpoint(storage: str, name: str) -> Checkpoint | None:
+    """The checkpoint of the highest epoch recorded under storage/name (local storage)."""
+    root = os.path.join(storage, name)
+    if not os.path.isdir(root):
+        return None
+    best, best_epoch = None, -1
+    for entry in os.listdir(root):
+        state = os.path.join(root, entry, STATE_FILE)
+        if entry.startswith("checkpoint") and os.path.exists(state):
+            with open(state) as f:
+                epoch = json.load(f)["epoch"]
+            if epoch > best_epoch:
+                best, best_epoch = os.path.join(root, entry), epoch
+    return Checkpoint.from_directory(best) if best else None
+
+
+def train_matcher(
+    *,
+    text: np.ndarray,
+    item_ids: list[str],
+    log: pl.DataFrame,
+    cfg: MatcherConfig,
+    plan: ActorPlan,
+    storage: str,
+    name: str,
+    fault_injection: dict | None = None,
+) -> TrainedMatcher:
+    """Train on `log` (user_id, item_id, timestamp) with item text vectors `text` (n_items, d).
+
+    `fault_injection` (tests only) makes a worker crash once, e.g.
+    {"fail_once_at_epoch": 1, "fail_marker": "/tmp/x"}.
+    """
+    started = time.perf_counter()
+    item_rows = {item: row for row, item in enumerate(item_ids)}
+    # 1. validation hold-out  2. sequences and examples
+    train, valid = hold_out(log, cfg.validation_share)
+    data = training_data(text, item_rows, train, valid)
+    users, positions = data.sequences.examples()
+    if len(users) < 2:
+        raise InputDataError(
+            f"the matcher needs users with at least 2 interactions to learn from; this log gives "
+            f"{len(users)} training example(s): add interactions or set matcher.enabled: false"
+        )
+    examples = ray.data.from_arrow(pa.table({"user": users, "position": positions}))
+    params = {k: getattr(cfg, k) for k in MODEL_PARAMS}
+    if cfg.dim % cfg.heads:
+        raise ConfigError(f"matcher.dim ({cfg.dim}) must be divisible by matcher.heads ({cfg.heads})")
+    logger.info(
+        "matcher: %d training examples, %d validation users, %s",
+        len(users), len(data.valid_users), plan.describe(),
+    )
+
+    # 3. Ray Train
+    storage = os.path.abspath(storage)
+    resume = latest_checkpoint(storage, name)
+    if resume is not None:
+        logger.info("matcher: resuming from %s", resume.path)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "params": params, "data": ray.put(data), "threads": plan.threads,
+            "resume_from": resume.path if resume is not None else None, **(fault_injection or {}),
+        },
+        scaling_config=ScalingConfig(
+            num_workers=plan.num_actors,
+            use_gpu=plan.device == "cuda",
+            resources_per_worker={"CPU": plan.num_cpus, **({"GPU": 1} if plan.device == "cuda" else {})},
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            # The last two are enough to resume; every checkpoint carries the best weights.
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+        datasets={"train": examples},
+    )
+    state = _state_of(resume)
+    if not (state and state.get("done")):
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError(f"matcher training ended without a checkpoint: {result.error}")
+        resume = result.checkpoint
+
+    # 4. the best epoch's weights
+    with resume.as_directory() as path:
+        state_dict = torch.load(os.path.join(path, BEST_FILE), weights_only=True)
+        with open(os.path.join(path, STATE_FILE)) as f:
+            state = json.load(f)
+    return TrainedMatcher(state_dict, params, state, data, train, valid, plan.describe(), time.perf_counter() - started)
+
+
+def _state_of(checkpoint: Checkpoint | None) -> dict | None:
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as path:
+        with open(os.path.join(path, STATE_FILE)) as f:
+            return json.load(f)
+
+
+@dataclass(frozen=True)
+class MatcherArtifacts:
+    """What the scoring stages take from a trained matcher."""
+
+    item_vectors: np.ndarray  # (n_items, dim) the item tower's vectors, catalogue order
+    user_tower: dict  # MatcherUserEncoder's `matcher` argument: weights and shape
+    fusion: dict | None  # Recommender's `fusion` argument, or None for two-tower scores alone
+    manifest: dict
+
+
+def matcher_artifacts(
+    trained: TrainedMatcher, *, text: np.ndarray, item_ids: list[str], log: pl.DataFrame, fusion: str
+) -> MatcherArtifacts:
+    """Item-tower vectors for the catalogue, the user tower's spec, and (optionally) the
+    fusion with recency-weighted EASE tuned on the same validation hold-out."""
+    from chatrec.baselines.ease import MAX_EASE_ITEMS
+    from chatrec.matcher.fusion import collaborative_model, tune_fusion
+    from chatrec.matcher.training import build_model, item_vectors, user_vectors
+
+    model = build_model(n_items=len(item_ids), text_dim=text.shape[1], params=trained.params)
+    model.load_state_dict(trained.state_dict)
+    items = item_vectors(model, torch.from_numpy(text))  # (n_items, dim)
+    spec = {"state_dict": trained.state_dict, "params": trained.params, "n_items": len(item_ids),
+            "text_dim": int(text.shape[1])}
+    manifest = trained.manifest()
+    fused = None
+    if fusion == "auto" and len(item_ids) > MAX_EASE_ITEMS:
+        logger.warning("matcher.fusion: %d items is above EASE's limit (%d): two-tower scores alone",
+                       len(item_ids), MAX_EASE_ITEMS)
+        manifest["fusion"] = {"weight": 1.0, "reason": f"catalogue above EASE's {MAX_EASE_ITEMS} items"}
+    elif fusion == "auto":
+        seqs = trained.data.sequences
+        index = {u: i for i, u in enumerate(seqs.user_ids)}
+
+        def tower_scores_of(user_ids: list[str]) -> np.ndarray:
+            users = np.array([index[u] for u in user_ids], dtype=np.int64)
+            hist = seqs.histories(users, seqs.lengths[users], trained.params["max_history"])  # (n, L)
+            return (user_vectors(model, items, hist) @ items.T).numpy()  # (n, n_items)
+
+        tuned = tune_fusion(train_log=trained.train_log, valid_log=trained.valid_log, item_ids=item_ids,
+                            tower_scores_of=tower_scores_of)
+        fused = {"fusion": tuned, "collaborative": collaborative_model(log, item_ids, tuned)}
+        manifest["fusion"] = tuned.manifest()
+    return MatcherArtifacts(items.numpy(), spec, fused, manifest)

@@ -1,0 +1,162 @@
+"""The two-tower matcher: sequences, the loss, learning a toy, Ray Train (2 workers), resume."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from chatrec.config import MatcherConfig
+from chatrec.matcher.sequences import build_sequences
+from chatrec.matcher.training import (
+    SeenPairs,
+    TrainingData,
+    build_model,
+    in_batch_loss,
+    item_vectors,
+    run_epoch,
+    user_vectors,
+    validate,
+)
+from chatrec.runtime import ActorPlan
+from pipelines.train_matcher import hold_out, train_matcher
+
+PARAMS = dict(dim=16, max_history=4, heads=2, layers=1, dropout=0.0, temperature=0.1, lr=1e-2,
+              weight_decay=0.0, batch_size=64, max_epochs=3, patience=3, seed=0)
+
+
+def _log(rows: list[tuple[str, str, int]]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=["user_id", "item_id", "timestamp"], orient="row")
+
+
+def pairs_log(n_pairs: int = 6, users: int = 60, seed: int = 0) -> tuple[pl.DataFrame, list[str]]:
+    """Every user watches a few pairs, always a{i} then b{i}: after a{i}, b{i} is the answer."""
+    rng = np.random.default_rng(seed)
+    rows, t = [], 0
+    for u in range(users):
+        for i in rng.choice(n_pairs, size=3, replace=False):
+            rows += [(f"u{u:03d}", f"a{i}", t), (f"u{u:03d}", f"b{i}", t + 1)]
+            t += 2
+    items = sorted({f"{p}{i}" for p in "ab" for i in range(n_pairs)})
+    return _log(rows), items
+
+
+def test_sequences_are_chronological_and_histories_newest_first():
+    log = _log([("u1", "b", 3), ("u1", "a", 1), ("u1", "c", 2), ("u1", "a", 5), ("u2", "c", 1)])
+    rows = {"a": 0, "b": 1, "c": 2}
+    seq = build_sequences(log, rows, 3)
+    # u1: c (2), b (3), a (5: its repeat counts at its latest time); u2: c.
+    assert seq.user_ids == ["u1", "u2"] and seq.items.tolist() == [2, 1, 0, 2]
+    assert seq.histories(np.array([0, 0]), np.array([3, 1]), 2).tolist() == [[0, 1], [2, -1]]
+    users, positions = seq.examples()
+    assert list(zip(users, positions)) == [(0, 1), (0, 2)]  # u2 has nothing to predict from
+    assert seq.targets(users, positions).tolist() == [1, 0]
+
+
+def test_hold_out_takes_each_users_latest_items_and_spares_short_users():
+    log = _log([("long", f"i{k}", k) for k in range(20)] + [("short", "i0", 1), ("short", "i1", 2)])
+    train, valid = hold_out(log, 0.1)
+    assert sorted(valid["item_id"].to_list()) == ["i18", "i19"]
+    assert set(valid["user_id"]) == {"long"} and train.height == 20
+
+
+def test_a_users_own_items_are_never_negatives():
+    log = _log([("u0", "a", 1), ("u0", "b", 2), ("u1", "c", 1)])
+    seq = build_sequences(log, {"a": 0, "b": 1, "c": 2}, 3)
+    users, targets = torch.tensor([0, 1]), torch.tensor([1, 2])
+    log_q = torch.zeros(3)
+    # User 0 scores its own item b (target of row 0) and c; user 1 likes b hugely, but b is
+    # user 0's target, not user 1's item: it stays a negative for user 1.
+    logits = torch.tensor([[5.0, 5.0], [9.0, 0.0]])
+    loss = in_batch_loss(logits, users, targets, log_q, SeenPairs(seq))
+    expected = (torch.nn.functional.cross_entropy(logits, torch.arange(2), reduction="none")).mean()
+    assert loss == pytest.approx(float(expected))
+    # Now c is one of user 0's items too: masked for user 0, so row 0's loss becomes 0.
+    log2 = _log([("u0", "a", 1), ("u0", "b", 2), ("u0", "c", 3), ("u1", "c", 1)])
+    masked = in_batch_loss(logits, users, targets, log_q, SeenPairs(build_sequences(log2, {"a": 0, "b": 1, "c": 2}, 3)))
+    row1 = torch.nn.functional.cross_entropy(logits[1:], torch.tensor([1]))
+    assert masked == pytest.approx(float(row1) / 2)
+
+
+def _toy_data(log, items, valid=None):
+    rows = {item: r for r, item in enumerate(items)}
+    seq = build_sequences(log, rows, len(items))
+    text = np.random.default_rng(1).normal(size=(len(items), 8)).astype(np.float32)
+    return TrainingData.build(text, seq, valid or {})
+
+
+def test_a_tiny_matcher_learns_what_follows_what():
+    log, items = pairs_log()
+    data = _toy_data(log, items)
+    torch.manual_seed(0)
+    model = build_model(n_items=len(items), text_dim=8, params=PARAMS)
+    model.has_id.copy_(torch.from_numpy(data.has_id))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=PARAMS["lr"])
+    text, seen, log_q = torch.from_numpy(data.text), SeenPairs(data.sequences), torch.from_numpy(data.log_q)
+    losses = [
+        run_epoch(model, optimizer, data, text, data.sequences.examples(), batch_size=64, max_history=4,
+                  rng=np.random.default_rng(epoch), seen_keys=seen, log_q=log_q)
+        for epoch in range(40)
+    ]
+    assert losses[-1] < 0.5 * losses[0]
+    vectors = item_vectors(model, text)  # (n_items, dim)
+    for i in range(6):
+        history = np.array([[items.index(f"a{i}"), -1, -1, -1]])
+        scores = (user_vectors(model, vectors, history) @ vectors.T)[0]
+        scores[items.index(f"a{i}")] = float("-inf")
+        assert items[int(scores.argmax())] == f"b{i}"
+
+
+def test_checkpoint_round_trip_loads_with_weights_only(tmp_path):
+    log, items = pairs_log()
+    data = _toy_data(log, items)
+    model = build_model(n_items=len(items), text_dim=8, params=PARAMS)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    again = build_model(n_items=len(items), text_dim=8, params=PARAMS)
+    again.load_state_dict(torch.load(buffer, weights_only=True))
+    text = torch.from_numpy(data.text)
+    assert torch.equal(item_vectors(model, text), item_vectors(again, text))
+
+
+def _train(tmp_path, name, *, workers=1, max_failures=0, fault=None, epochs=3):
+    log, items = pairs_log()
+    data = _toy_data(log, items)
+    cfg = MatcherConfig(enabled=True, dim=16, max_history=4, batch_size=64, max_epochs=epochs, patience=5,
+                        max_failures=max_failures, lr=1e-2)
+    plan = ActorPlan(num_actors=workers, num_cpus=0.5, num_gpus=0, threads=1, device="cpu")
+    return train_matcher(text=data.text, item_ids=items, log=log, cfg=cfg, plan=plan,
+                         storage=str(tmp_path / "ckpt"), name=name, fault_injection=fault)
+
+
+def test_ray_train_with_two_workers_reports_every_epoch(ray_cluster, tmp_path):
+    trained = _train(tmp_path, "two-workers", workers=2)
+    assert [h["epoch"] for h in trained.state["history"]] == [0, 1, 2]
+    assert trained.state["starts"] == [0]
+    assert trained.manifest()["validation"]["users"] > 0
+    assert set(trained.state_dict) >= {"item_ids.weight", "has_id", "log_scale"}
+
+
+def test_worker_failure_resumes_from_the_last_checkpoint(ray_cluster, tmp_path):
+    marker = str(tmp_path / "failed-once")
+    trained = _train(tmp_path, "fails", max_failures=1, fault={"fail_once_at_epoch": 2, "fail_marker": marker})
+    assert os.path.exists(marker)  # the failure happened
+    # The second attempt started after epoch 1's checkpoint, not from scratch.
+    assert trained.state["starts"] == [0, 2]
+    assert [h["epoch"] for h in trained.state["history"]] == [0, 1, 2]
+
+
+def test_a_rerun_of_the_same_name_resumes_instead_of_restarting(ray_cluster, tmp_path):
+    marker = str(tmp_path / "failed-once")
+    with pytest.raises(Exception, match="simulated worker failure"):
+        _train(tmp_path, "rerun", fault={"fail_once_at_epoch": 1, "fail_marker": marker})
+    resumed = _train(tmp_path, "rerun")
+    assert resumed.state["starts"] == [0, 1]
+    # A finished training is not repeated: the same state comes back.
+    again = _train(tmp_path, "rerun")
+    assert again.state == resumed.state
