@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from chatrec.errors import ConfigError
 
@@ -245,6 +245,23 @@ class ChatrecConfig(_Strict):
     output: OutputConfig = OutputConfig()
     ray: RayConfig = RayConfig()
 
+    @model_validator(mode="after")
+    def _consistent(self) -> "ChatrecConfig":
+        m = self.matcher
+        if m.enabled and self.history.max_items < m.max_history:
+            raise ValueError(
+                f"history.max_items ({self.history.max_items}) is below matcher.max_history ({m.max_history}): "
+                "the user tower would read shorter histories than it was trained on; raise history.max_items"
+            )
+        if m.enabled and self.history.profile_weight > 0:
+            raise ValueError(
+                "history.profile_weight blends profiles into the zero-shot user vector, which the matcher "
+                "replaces; set it to 0 or set matcher.enabled: false"
+            )
+        if m.dim % m.heads:
+            raise ValueError(f"matcher.dim ({m.dim}) must be divisible by matcher.heads ({m.heads})")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -261,6 +278,8 @@ def _format_validation_error(err: ValidationError, origin: str) -> str:
         loc = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             lines.append(f"  - unknown key {loc!r}")
+        elif not loc:  # a rule across keys (model validator): the message names them
+            lines.append(f"  - {e['msg'].removeprefix('Value error, ')}")
         elif e["type"] == "missing":
             lines.append(f"  - missing required key {loc!r}")
         else:

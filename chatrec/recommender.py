@@ -138,7 +138,8 @@ class Recommender:
         top = top_k_excluding(tower_term + cf_term, seen_matrix, self.top_k)  # (n, k)
         picked = np.maximum(top.codes, 0)  # (n, k)
         rows_idx = np.arange(n)[:, None]
-        carried = cf_term[rows_idx, picked] > tower_term[rows_idx, picked]  # (n, k): collaborative won
+        cf_picked = cf_term[rows_idx, picked]  # (n, k)
+        carried = (cf_picked > 0) & (cf_picked > tower_term[rows_idx, picked])  # (n, k): collaborative won
         cf_because = np.full(top.codes.shape, -1, np.int64)
         if known.any():
             cf_because[known] = collaborative.because(codes[known], top.codes[known])

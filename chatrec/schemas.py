@@ -110,8 +110,10 @@ def user_embeddings(dim: int) -> pa.Schema:
     )
 
 
-# `strategy` says which signal produced a row: "content" (history vector vs item text
-# vectors) or "popularity" (fallback for users with no usable history).
+# `strategy` says which signal produced a row: "two-tower" (the matcher's towers) or
+# "collaborative" (recency-weighted EASE carried it, in fused scoring), "content" (zero-shot
+# text vectors, with the matcher off), "popularity" (users with no usable history), or a
+# baseline's name (`chatrec baseline`).
 RECOMMENDATIONS = pa.schema(
     [
         pa.field("user_id", pa.string(), nullable=False),

@@ -31,7 +31,7 @@ from chatrec import schemas
 from chatrec.catalogue import build_catalogue
 from chatrec.config import ChatrecConfig
 from chatrec.errors import InputDataError
-from chatrec.encoder import count_truncated, fixed_size_list_to_numpy
+from chatrec.encoder import count_truncated, fixed_size_list_to_numpy, to_fixed_size_list
 from chatrec.histories import build_histories, item_popularity
 from chatrec.item_text import TEMPLATE_VERSION
 from chatrec.manifest import library_versions, new_run_id, utc_now
@@ -267,7 +267,13 @@ def _train_matcher(cfg, clock, resources, output, run_id, text, item_ids, log) -
     buffer = io.BytesIO()
     torch.save(trained.state_dict, buffer)
     output.write_bytes("matcher/model.pt", buffer.getvalue())
-    artifacts.manifest["checkpoint"] = "matcher/model.pt"
+    # user_embeddings/ are in the matcher's space: these are the item vectors to score them by.
+    output.write_table("matcher", pa.table({
+        "item_id": pa.array(item_ids, pa.string()),
+        "embedding": to_fixed_size_list(artifacts.item_vectors),
+    }), file_name="item_vectors.parquet")
+    artifacts.manifest.update(checkpoint="matcher/model.pt", item_vectors="matcher/item_vectors.parquet",
+                              dim=int(artifacts.item_vectors.shape[1]))
     return artifacts
 
 

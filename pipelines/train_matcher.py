@@ -89,7 +89,15 @@ def training_data(text: np.ndarray, item_rows: dict[str, int], train: pl.DataFra
     for user, item in valid.select("user_id", "item_id").iter_rows():
         if user in user_index and item in item_rows:
             targets.setdefault(user_index[user], []).append(item_rows[item])
-    return TrainingData.build(text, seqs, {u: np.unique(np.array(t, np.int64)) for u, t in targets.items()})
+    # A held-out item the user already has in training can never be recommended to them:
+    # it is not a target (as in evaluation); a user left with none is not validated on.
+    fresh = {}
+    for u, items in targets.items():
+        own = seqs.items[seqs.offsets[u] : seqs.offsets[u + 1]]
+        kept = np.setdiff1d(np.array(items, np.int64), own)
+        if len(kept):
+            fresh[u] = kept
+    return TrainingData.build(text, seqs, fresh)
 
 
 def latest_checkpoint(storage: str, name: str) -> Checkpoint | None:
@@ -145,7 +153,7 @@ def train_matcher(
     )
 
     # 3. Ray Train
-    storage = os.path.abspath(storage)
+    storage = storage if "://" in storage else os.path.abspath(storage)
     resume = latest_checkpoint(storage, name)
     if resume is not None:
         logger.info("matcher: resuming from %s", resume.path)
@@ -178,7 +186,7 @@ def train_matcher(
 
     # 4. the best epoch's weights
     with resume.as_directory() as path:
-        state_dict = torch.load(os.path.join(path, BEST_FILE), weights_only=True)
+        state_dict = torch.load(os.path.join(path, BEST_FILE), weights_only=True, map_location="cpu")
         with open(os.path.join(path, STATE_FILE)) as f:
             state = json.load(f)
     return TrainedMatcher(state_dict, params, state, data, train, valid, plan.describe(), time.perf_counter() - started)

@@ -91,3 +91,15 @@ def test_errors_wrapped_by_ray_workers_keep_their_exit_code():
     outer.__cause__ = Wrapped(inner)
     assert _chatrec_cause(outer) is inner
     assert _chatrec_cause(RuntimeError("bug")) is None
+
+
+def test_matcher_settings_that_contradict_the_rest_are_refused():
+    base = {"inputs": {"items": "i", "interactions": "l"}}
+    with pytest.raises(ConfigError, match=r"history.max_items \(5\) is below matcher.max_history \(20\)"):
+        load_config(None, {**base, "history": {"max_items": 5}})
+    with pytest.raises(ConfigError, match="history.profile_weight blends profiles"):
+        load_config(None, {**base, "history": {"profile_weight": 0.3}})
+    with pytest.raises(ConfigError, match=r"matcher.dim \(10\) must be divisible by matcher.heads \(4\)"):
+        load_config(None, {**base, "matcher": {"dim": 10, "heads": 4}})
+    off = load_config(None, {**base, "history": {"max_items": 5, "profile_weight": 0.3}, "matcher": {"enabled": False}})
+    assert off.history.profile_weight == 0.3

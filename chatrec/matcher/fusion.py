@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from chatrec.baselines.base import jsonable_params
 from chatrec.baselines.ease import EaseRecency
 from chatrec.baselines.interaction_matrix import build_interaction_matrix
 from chatrec.baselines.item_item import ItemItemModel
@@ -29,8 +30,9 @@ logger = logging.getLogger(__name__)
 # validation NDCG@10 by less than its noise on MovieLens-sized data.
 WEIGHTS = tuple(round(w, 1) for w in np.linspace(0.0, 1.0, 11))
 VALIDATION_K = 10
-# Without validation users nothing can be tuned: an even mix, and EASE's defaults.
-UNTUNED_WEIGHT = 0.5
+# Without validation users nothing can be tuned, not even the scales that make the two scores
+# comparable: the two-tower score alone.
+UNTUNED_WEIGHT = 1.0
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class Fusion:
         )
 
     def manifest(self) -> dict:
-        return {"weight": self.weight, "ease": self.ease_params, "validation": self.validation}
+        return {"weight": self.weight, "ease": jsonable_params(self.ease_params), "validation": self.validation}
 
 
 def _scale(scores: np.ndarray) -> float:
@@ -86,7 +88,7 @@ def tune_fusion(
         if best is None or score > best[1]:
             best = (w, score)
     logger.info("fusion: w = %.1f (validation NDCG@10 %.4f; EASE-recency %s)", best[0], best[1], ease_tuning.best_params)
-    return Fusion(best[0], *scales, {k: float(v) for k, v in ease_tuning.best_params.items()}, results)
+    return Fusion(best[0], *scales, dict(ease_tuning.best_params), results)
 
 
 def collaborative_model(log: pl.DataFrame, item_ids: list[str], fusion: Fusion) -> ItemItemModel:

@@ -1,7 +1,7 @@
 """Users' item sequences as flat arrays: training examples, histories and targets from them.
 
-A sequence is a user's distinct items in time order, oldest first (ties by item_id; a
-repeated item counts at its most recent time, as in chatrec.histories). Stored CSR-style
+A sequence is a user's distinct items in time order, oldest first (a repeated item counts
+at its most recent time; ties as in chatrec.histories, read newest first). Stored CSR-style
 (`offsets`, `items`) so a batch of histories is one vectorised gather, whatever the size.
 """
 
@@ -69,7 +69,9 @@ def build_sequences(log: pl.DataFrame, item_rows: dict[str, int], n_items: int) 
     ordered = (
         log.select("user_id", "item_id", "timestamp")
         .join(rows, on="item_id", how="inner")
-        .sort(["user_id", "timestamp", "item_id"])
+        # Oldest first; among equal timestamps the largest item_id is oldest, so that read
+        # newest first the order is the one chatrec.histories serves (ties by item_id).
+        .sort(["user_id", "timestamp", "item_id"], descending=[False, False, True])
         .unique(["user_id", "row"], keep="last", maintain_order=True)
     )
     grouped = ordered.group_by("user_id", maintain_order=True).agg(pl.col("row")).sort("user_id")

@@ -52,11 +52,14 @@ class TrainingData:
 
     @classmethod
     def build(cls, text: np.ndarray, sequences: Sequences, valid: dict[int, np.ndarray]) -> "TrainingData":
-        counts = np.bincount(sequences.items, minlength=sequences.n_items).astype(np.float64)  # (n_items,)
+        users, positions = sequences.examples()
+        targets = sequences.targets(users, positions)  # (n_examples,) what in-batch candidates are drawn from
+        counts = np.bincount(targets, minlength=sequences.n_items).astype(np.float64)  # (n_items,)
         # +1 smoothing: an item never seen as a target still gets a finite correction.
         log_q = np.log((counts + 1.0) / (counts.sum() + sequences.n_items)).astype(np.float32)
-        users = np.array(sorted(valid), dtype=np.int64)
-        return cls(text.astype(np.float32), sequences, users, [valid[u] for u in users], log_q, counts > 0)
+        has_id = np.bincount(sequences.items, minlength=sequences.n_items) > 0  # (n_items,)
+        valid_users = np.array(sorted(valid), dtype=np.int64)
+        return cls(text.astype(np.float32), sequences, valid_users, [valid[u] for u in valid_users], log_q, has_id)
 
 
 # A dense user x item bitmap up to 64M cells (64 MB of bools): a (b, b) lookup is a
@@ -67,7 +70,7 @@ DENSE_SEEN_CELLS = 1 << 26
 class SeenPairs:
     """Which (user, item) pairs are training interactions, for masking negatives."""
 
-    def __init__(self, sequences: Sequences) -> None:
+    def __init__(self, sequences: Sequences, device: torch.device | str = "cpu") -> None:
         self.n_items = sequences.n_items
         keys = torch.from_numpy(sequences.pair_keys())  # sorted user * n_items + item
         n_cells = len(sequences.user_ids) * sequences.n_items
@@ -76,7 +79,9 @@ class SeenPairs:
             self.dense = torch.zeros(n_cells, dtype=torch.bool)
             self.dense[keys] = True
             self.dense = self.dense.view(len(sequences.user_ids), sequences.n_items)
-        self.keys = keys
+        self.keys = keys.to(device)
+        if self.dense is not None:
+            self.dense = self.dense.to(device)
 
     def contains(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """users (b,), items (b,) -> (b, b): is items[j] one of users[i]'s training items."""
@@ -125,12 +130,13 @@ def run_epoch(
         idx = order[start : start + batch_size]
         if len(idx) < 2:
             continue  # a softmax over one candidate teaches nothing
-        hist = torch.from_numpy(data.sequences.histories(users[idx], positions[idx], max_history))  # (b, L)
-        target = torch.from_numpy(data.sequences.targets(users[idx], positions[idx]))  # (b,)
+        device = text.device
+        hist = torch.from_numpy(data.sequences.histories(users[idx], positions[idx], max_history)).to(device)  # (b, L)
+        target = torch.from_numpy(data.sequences.targets(users[idx], positions[idx])).to(device)  # (b,)
         if data.sequences.n_items <= hist.numel():
             # A small catalogue: every item through the item tower is cheaper than finding
             # the batch's distinct items.
-            rows = torch.arange(data.sequences.n_items)
+            rows = torch.arange(data.sequences.n_items, device=device)
             logits = model(text, rows, hist, target)  # (b, b)
         else:
             # The batch's distinct items, each through the item tower once.
@@ -138,7 +144,7 @@ def run_epoch(
             local = torch.where(hist.flatten() >= 0, inverse[: hist.numel()], -1).view_as(hist)  # (b, L)
             valid_rows = rows.clamp(min=0)  # -1 (padding) maps to a real row it never reads
             logits = model(text[valid_rows], valid_rows, local, inverse[hist.numel():])  # (b, b)
-        loss = in_batch_loss(logits, torch.from_numpy(users[idx]), target, log_q, seen_keys)
+        loss = in_batch_loss(logits, torch.from_numpy(users[idx]).to(device), target, log_q, seen_keys)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -150,7 +156,7 @@ def run_epoch(
 def item_vectors(model: TwoTower, text: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
     """Every item through the item tower: (n_items, dim)."""
     model.eval()
-    rows = torch.arange(text.shape[0])
+    rows = torch.arange(text.shape[0], device=text.device)
     return torch.cat([model.items(text[rows[i : i + chunk]], rows[i : i + chunk]) for i in range(0, len(rows), chunk)])
 
 
@@ -160,9 +166,9 @@ def user_vectors(model: TwoTower, items: torch.Tensor, histories: np.ndarray, ch
     model.eval()
     out = []
     for i in range(0, len(histories), chunk):
-        hist = torch.from_numpy(histories[i : i + chunk])  # (c, L)
+        hist = torch.from_numpy(histories[i : i + chunk]).to(items.device)  # (c, L)
         out.append(model.users(items[hist.clamp(min=0)], hist < 0))
-    return torch.cat(out) if out else torch.zeros(0, model.dim)
+    return torch.cat(out) if out else torch.zeros(0, model.dim, device=items.device)
 
 
 @torch.no_grad()
@@ -177,8 +183,8 @@ def validate(model: TwoTower, data: TrainingData, text: torch.Tensor, *, max_his
     scores = user_vectors(model, items, hist) @ items.T  # (n_valid, n_items)
     owners = np.repeat(np.arange(len(users)), seqs.lengths[users])  # (n_seen,)
     seen = np.concatenate([seqs.items[seqs.offsets[u] : seqs.offsets[u + 1]] for u in users])  # (n_seen,)
-    scores[torch.from_numpy(owners), torch.from_numpy(seen)] = float("-inf")
-    top = torch.topk(scores, min(VALIDATION_K, scores.shape[1]), dim=1).indices.numpy()  # (n_valid, k)
+    scores[torch.from_numpy(owners).to(scores.device), torch.from_numpy(seen).to(scores.device)] = float("-inf")
+    top = torch.topk(scores, min(VALIDATION_K, scores.shape[1]), dim=1).indices.cpu().numpy()  # (n_valid, k)
     recall = np.mean([np.isin(t, row).sum() / len(t) for row, t in zip(top, data.valid_targets)])
     return {"ndcg@10": ndcg_of_topk(top, data.valid_targets, VALIDATION_K), "recall@10": float(recall)}
 
@@ -195,10 +201,10 @@ def train_loop_per_worker(config: dict) -> None:
     data: TrainingData = ray.get(config["data"])
     rank = ray.train.get_context().get_world_rank()
     world = ray.train.get_context().get_world_size()
+    device = ray.train.torch.get_device()
     torch.manual_seed(params["seed"])  # identical initial weights on every worker
     model = build_model(n_items=data.sequences.n_items, text_dim=data.text.shape[1], params=params)
     model.has_id.copy_(torch.from_numpy(data.has_id))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params["lr"], weight_decay=params["weight_decay"])
 
     state = {"epoch": -1, "best_epoch": -1, "best": -1.0, "history": []}
     best_state = None
@@ -209,14 +215,18 @@ def train_loop_per_worker(config: dict) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(config["resume_from"])
     if checkpoint is not None:
         with checkpoint.as_directory() as path:
-            model.load_state_dict(torch.load(os.path.join(path, MODEL_FILE), weights_only=True))
-            optimizer.load_state_dict(torch.load(os.path.join(path, OPTIMIZER_FILE), weights_only=True))
-            best_state = torch.load(os.path.join(path, BEST_FILE), weights_only=True)
+            model.load_state_dict(torch.load(os.path.join(path, MODEL_FILE), weights_only=True, map_location="cpu"))
+            optimizer_state = torch.load(os.path.join(path, OPTIMIZER_FILE), weights_only=True, map_location=device)
+            best_state = torch.load(os.path.join(path, BEST_FILE), weights_only=True, map_location="cpu")
             with open(os.path.join(path, STATE_FILE)) as f:
                 state = json.load(f)
         logger.info("matcher: resuming after epoch %d", state["epoch"])
-    ddp = ray.train.torch.prepare_model(model)
+    ddp = ray.train.torch.prepare_model(model)  # moves the model to `device`
     module: TwoTower = ddp.module if hasattr(ddp, "module") else ddp
+    # Built after the move, so its state lives on the model's device.
+    optimizer = torch.optim.AdamW(ddp.parameters(), lr=params["lr"], weight_decay=params["weight_decay"])
+    if checkpoint is not None:
+        optimizer.load_state_dict(optimizer_state)
 
     # This worker's examples: its shard of (user, position) pairs.
     shard = ray.train.get_dataset_shard("train")
@@ -225,14 +235,16 @@ def train_loop_per_worker(config: dict) -> None:
         np.concatenate([p["user"] for p in parts]).astype(np.int64) if parts else np.zeros(0, np.int64),
         np.concatenate([p["position"] for p in parts]).astype(np.int64) if parts else np.zeros(0, np.int64),
     )
-    text = torch.from_numpy(data.text)
-    seen_keys = SeenPairs(data.sequences)
-    log_q = torch.from_numpy(data.log_q)
+    text = torch.from_numpy(data.text).to(device)
+    seen_keys = SeenPairs(data.sequences, device)
+    log_q = torch.from_numpy(data.log_q).to(device)
     fail_at = config.get("fail_once_at_epoch")  # test hook: simulates a worker crash
 
     # Where each attempt started: [0] for one uninterrupted run, [0, 3] after a resume at 3.
     state.setdefault("starts", []).append(state["epoch"] + 1)
-    for epoch in range(state["epoch"] + 1, params["max_epochs"]):
+    # A restored run that had already stopped trains no further.
+    first = params["max_epochs"] if state.get("done") else state["epoch"] + 1
+    for epoch in range(first, params["max_epochs"]):
         if fail_at is not None and epoch == fail_at and rank == 0 and not os.path.exists(config["fail_marker"]):
             open(config["fail_marker"], "w").close()
             raise RuntimeError(f"simulated worker failure at epoch {epoch}")
@@ -243,10 +255,12 @@ def train_loop_per_worker(config: dict) -> None:
         # Every worker holds the same weights after DDP's all-reduce, so every worker
         # reaches the same validation result and the same early-stopping decision.
         metrics = validate(module, data, text, max_history=params["max_history"])
-        if metrics["ndcg@10"] > state["best"]:
+        # Without validation users every epoch counts as the best: the last weights are kept.
+        if metrics["ndcg@10"] > state["best"] or len(data.valid_users) == 0:
             state["best"], state["best_epoch"] = metrics["ndcg@10"], epoch
-            best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
         state["epoch"] = epoch
+        loss = loss if np.isfinite(loss) else None  # JSON has no NaN
         state["history"].append({"epoch": epoch, "loss": loss, **metrics, "seconds": time.perf_counter() - started})
         stop = epoch - state["best_epoch"] >= params["patience"] or epoch == params["max_epochs"] - 1
         state["done"] = stop
@@ -254,7 +268,7 @@ def train_loop_per_worker(config: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
-                torch.save(module.state_dict(), os.path.join(tmp, MODEL_FILE))
+                torch.save({k: v.cpu() for k, v in module.state_dict().items()}, os.path.join(tmp, MODEL_FILE))
                 torch.save(optimizer.state_dict(), os.path.join(tmp, OPTIMIZER_FILE))
                 torch.save(best_state, os.path.join(tmp, BEST_FILE))
                 with open(os.path.join(tmp, STATE_FILE), "w") as f:
