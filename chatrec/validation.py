@@ -119,6 +119,15 @@ def rejects_table(rejected: pl.DataFrame) -> pa.Table:
     return out.to_arrow().cast(schemas.REJECTS)
 
 
+def reject_counts_by_kind(rejects: pa.Table) -> dict[str, int]:
+    """Reject counts by kind (the part of each reason before its first ':'), for manifests."""
+    counts: dict[str, int] = {}
+    for reason in rejects.column("reason").to_pylist():
+        kind = reason.split(":", 1)[0]
+        counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def _scalar(df: pl.DataFrame, col: str) -> bool:
     return not isinstance(df.schema[col], (pl.List, pl.Struct, pl.Array))
 

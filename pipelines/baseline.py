@@ -37,7 +37,7 @@ from chatrec.manifest import library_versions, new_run_id, utc_now
 from chatrec.publish import RunOutput
 from chatrec.readers import read_table
 from chatrec.stage_metrics import StageClock
-from chatrec.validation import Validated, user_ids_in_log, validate_interactions, validate_items
+from chatrec.validation import Validated, reject_counts_by_kind, user_ids_in_log, validate_interactions, validate_items
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def _run_matrix(
             "rejects": {
                 "total": rejects.num_rows,
                 "by_source": {k: v.rejects.num_rows for k, v in parts.items() if v is not None},
-                "by_reason": _reasons(rejects),
+                "by_reason": reject_counts_by_kind(rejects),
             },
             "users": {
                 "covered": matrix.n_users + len(fallback),
@@ -278,14 +278,6 @@ def _config_sha256(config: dict[str, Any]) -> str:
     data = {**config, "output": {k: v for k, v in config["output"].items() if k != "run_id"}}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
-
-def _reasons(rejects: pa.Table) -> dict[str, int]:
-    """Reject counts by kind: the part of each reason before its first ':'."""
-    counts: dict[str, int] = {}
-    for reason in rejects.column("reason").to_pylist():
-        kind = reason.split(":", 1)[0]
-        counts[kind] = counts.get(kind, 0) + 1
-    return dict(sorted(counts.items()))
 
 
 def _run_content(

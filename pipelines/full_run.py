@@ -43,6 +43,7 @@ from chatrec.matcher.user_tower import MatcherUserEncoder
 from chatrec.runtime import connect, encoder_plan, encoder_precision, retrieval_plan, trainer_plan, user_plan
 from chatrec.user_vectors import RecencyMeanUserEncoder
 from chatrec.stage_metrics import StageClock
+from chatrec.validation import reject_counts_by_kind
 from pipelines.embed_items import embed_items
 from pipelines.embed_users import embed_users
 from pipelines.ingest import item_texts, read_inputs
@@ -219,7 +220,7 @@ def run_job(cfg: ChatrecConfig, *, baseline: str | None = None) -> RunResult:
                 ),
             },
             "rejects": {"total": rejects.num_rows, "by_source": inputs.reject_counts(),
-                        "by_reason": _reasons(rejects)},
+                        "by_reason": reject_counts_by_kind(rejects)},
             "items_truncated": truncated,
             "users": {
                 "covered": population.histories.num_rows + len(fallback),
@@ -298,11 +299,3 @@ def _examples(output: RunOutput, catalogue, histories: pa.Table, fallback: list[
         )
     return list(examples.values())
 
-
-def _reasons(rejects: pa.Table) -> dict[str, int]:
-    """Reject counts by kind: the part of each reason before its first ':'."""
-    counts: dict[str, int] = {}
-    for reason in rejects.column("reason").to_pylist():
-        kind = reason.split(":", 1)[0]
-        counts[kind] = counts.get(kind, 0) + 1
-    return dict(sorted(counts.items()))

@@ -20,7 +20,6 @@ from chatrec.matcher.training import (
     item_vectors,
     run_epoch,
     user_vectors,
-    validate,
 )
 from chatrec.runtime import ActorPlan
 from pipelines.train_matcher import hold_out, train_matcher
