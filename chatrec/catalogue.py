@@ -36,6 +36,16 @@ class ItemCatalogue:
         return int(self.vectors.shape[1])
 
 
+def display_title() -> pl.Expr:
+    """"Title (year)", or the title alone without a year: how reasons name items."""
+    return (
+        pl.when(pl.col("year").is_not_null() & (pl.col("year") != ""))
+        .then(pl.col("title") + pl.lit(" (") + pl.col("year") + pl.lit(")"))
+        .otherwise(pl.col("title"))
+        .alias("display")
+    )
+
+
 def build_catalogue(
     items: pa.Table, vectors: np.ndarray, knowledge: ItemKnowledge | None = None
 ) -> ItemCatalogue:
@@ -45,11 +55,7 @@ def build_catalogue(
         df = df.join(pl.from_arrow(knowledge.entities), on="item_id", how="left", maintain_order="left")
     else:
         df = df.with_columns(pl.lit(None, dtype=pl.List(pl.String)).alias("entities"))
-    titles = df.select(
-        pl.when(pl.col("year").is_not_null() & (pl.col("year") != ""))
-        .then(pl.col("title") + pl.lit(" (") + pl.col("year") + pl.lit(")"))
-        .otherwise(pl.col("title"))
-    ).to_series()
+    titles = df.select(display_title()).to_series()
     return ItemCatalogue(
         item_ids=np.asarray(df["item_id"].to_list(), dtype=object),
         vectors=np.ascontiguousarray(vectors, dtype=np.float32),

@@ -31,6 +31,7 @@ from chatrec.baselines.interaction_matrix import build_interaction_matrix
 from chatrec.baselines.recommend import popularity_fallback_table, recommendation_tables
 from chatrec.baselines.registry import ContentBaseline, get_baseline
 from chatrec.baselines.tuning import grid_points, tune
+from chatrec.catalogue import display_title
 from chatrec.config import ChatrecConfig, OutputConfig, TableInput
 from chatrec.errors import ConfigError, InputDataError
 from chatrec.manifest import library_versions, new_run_id, utc_now
@@ -214,13 +215,7 @@ def _read_items(table: TableInput) -> Validated:
 def _display_titles(items: pa.Table) -> dict[str, str]:
     """item_id -> "Title (year)", as chatrec's reasons name items."""
     df = pl.from_arrow(items.select(["item_id", "title", "year"]))
-    titles = df.select(
-        "item_id",
-        pl.when(pl.col("year").is_not_null() & (pl.col("year") != ""))
-        .then(pl.col("title") + pl.lit(" (") + pl.col("year") + pl.lit(")"))
-        .otherwise(pl.col("title"))
-        .alias("display"),
-    )
+    titles = df.select("item_id", display_title())
     return dict(zip(titles["item_id"].to_list(), titles["display"].to_list()))
 
 
