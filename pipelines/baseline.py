@@ -274,7 +274,6 @@ def _config_sha256(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-
 def _run_content(
     *,
     train: TableInput,

@@ -159,3 +159,16 @@ def s3_server(tmp: Path) -> Iterator[S3Server]:
         yield S3Server(endpoint=endpoint, recording=recording)
     finally:
         _stop(process, grace_s=5)
+
+
+@contextmanager
+def s3_bucket(tmp: Path, bucket: str) -> Iterator[S3Server]:
+    """`s3_server` with this process's S3 clients pointed at it and `bucket` created."""
+    import boto3
+    import pytest
+
+    with s3_server(tmp) as server, pytest.MonkeyPatch.context() as env:
+        for key, value in server.env.items():
+            env.setenv(key, value)
+        boto3.client("s3").create_bucket(Bucket=bucket)
+        yield server

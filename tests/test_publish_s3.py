@@ -11,19 +11,14 @@ from chatrec import schemas
 from chatrec.errors import PublishError
 from chatrec.publish import RunOutput, add_run_file, read_latest
 from chatrec.sources import resolve_files
-from tests.cluster_fixtures import s3_server
+from tests.cluster_fixtures import s3_bucket
 
 BUCKET = "publish"
 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    import boto3
-
-    with s3_server(tmp_path_factory.mktemp("s3")) as server, pytest.MonkeyPatch.context() as env:
-        for key, value in server.env.items():
-            env.setenv(key, value)
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
+    with s3_bucket(tmp_path_factory.mktemp("s3"), BUCKET) as server:
         yield server
 
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from chatrec.publish import read_latest
-from tests.cluster_fixtures import BIN, REPO, S3Server, ray_head, s3_server
+from tests.cluster_fixtures import BIN, REPO, S3Server, ray_head, s3_bucket
 from tests.conftest import make_toy_catalogue, write_parquet
 from tests.test_pipeline import recs_by_user
 
@@ -65,12 +65,7 @@ def write_config(path, **sections) -> str:
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """A bucket on moto's S3 server; this process reads and writes it like any S3."""
-    import boto3
-
-    with s3_server(tmp_path_factory.mktemp("s3")) as server, pytest.MonkeyPatch.context() as env:
-        for key, value in server.env.items():
-            env.setenv(key, value)
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
+    with s3_bucket(tmp_path_factory.mktemp("s3"), BUCKET) as server:
         yield server
 
 
