@@ -1,0 +1,320 @@
+"""The rerank stage (Chat-Rec): a language model reorders each user's top-N candidates.
+
+Runs after top-K (which wrote N = rerank.candidates rows per user to a work table) and
+before publish:
+
+    1. read the candidates; pick users (rerank.users), in hash order
+    2. render each picked user's prompt (profile, recent history, numbered candidates with
+       their item text), tokenize it, admit users while the token budget lasts
+    3. generate: Ray Data engine actors (transformers on CPU/GPU, or vLLM via ray.data.llm)
+    4. parse every answer strictly; anything unusable falls back to the top-K order
+    5. write recommendations (top K per user, with `explanation`) and rerank_status
+
+Every user with candidates gets exactly min(K, N) valid, distinct candidates and one status
+row, whatever the model answers; the stats returned for the manifest count them all.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import time
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import ray
+
+from chatrec import schemas
+from chatrec.catalogue import ItemCatalogue
+from chatrec.config import RerankConfig
+from chatrec.rerank import parsing
+from chatrec.rerank.engines import (
+    ANSWERS,
+    HFGenerator,
+    TokenizerView,
+    answer_schema_json,
+    batch_size,
+    build_vllm_processor,
+    choose_engine,
+    model_identity,
+    model_location,
+    vllm_answers,
+)
+from chatrec.rerank.prompt import Candidate, answer_schema, clip, load_template, render_prompt
+from chatrec.rerank.selection import select_users
+from chatrec.rerank.stats import stage_stats
+from chatrec.runtime import cluster_resources, rerank_plan
+from chatrec.sources import filesystem_for
+
+logger = logging.getLogger(__name__)
+
+# Prompts per Ray Data block: a few batches each, so every actor gets work and a slow
+# block does not hold the stage's tail for long.
+BATCHES_PER_BLOCK = 4
+
+
+def max_new_tokens(cfg: RerankConfig, top_k: int) -> int:
+    return 32 * top_k + 64 if cfg.max_new_tokens == "auto" else cfg.max_new_tokens
+
+
+def rerank_stage(
+    *,
+    candidates_path: str,
+    out_path: str,
+    status_path: str,
+    catalogue: ItemCatalogue,
+    histories: pa.Table,
+    users: pa.Table | None,
+    item_text: pa.Table | None,
+    cfg: RerankConfig,
+    top_k: int,
+    run_id: str,
+    engine: type | None = None,
+    engine_kwargs: dict[str, Any] | None = None,
+) -> dict:
+    """Rerank the candidates at `candidates_path` (schemas.RECOMMENDATIONS, N rows per user)
+    into the top `top_k` at `out_path` (the same schema, `explanation` filled where the model
+    placed the item) and write one schemas.RERANK_STATUS row per user to `status_path`.
+
+    `histories` (schemas.HISTORIES) give recent items and profiles; `users` (schemas.USERS)
+    profiles and segments; `item_text` (schemas.ITEM_TEXT) the candidates' text (titles and
+    categories without it). `engine` replaces the configured engine with another Ray Data
+    callable class taking `user_id`, `prompt_ids` and giving engines.ANSWERS (tests pass a
+    scripted one), constructed with `engine_kwargs`. Returns the manifest's "rerank" section.
+    """
+    started = time.perf_counter()
+    template = load_template(cfg.template)
+    spec = model_location(cfg.model)
+    tokens_view = TokenizerView(spec)
+    new_tokens = max_new_tokens(cfg, top_k)
+    resources = cluster_resources()
+    engine_name = "custom" if engine is not None else choose_engine(cfg, resources)
+    plan = rerank_plan(cfg, resources) if engine_name != "vllm" else None
+    fingerprint = model_identity(spec)
+    # vLLM: one engine per GPU (tensor parallel 1), as the encoder has one actor per GPU.
+    engines = resources.gpus if cfg.num_actors == "auto" else cfg.num_actors
+
+    # 1. Candidates and users
+    candidates = _read_candidates(candidates_path)
+    user_ids = candidates["user_id"].unique(maintain_order=True).to_list()
+    selected = select_users(user_ids, cfg.users, seed=cfg.seed, users_table=users)
+    lists = _candidate_lists(candidates, set(selected), catalogue, item_text, cfg.item_chars)
+
+    # 2. Prompts, tokens, budget
+    context = _PromptContext(catalogue, histories, users, cfg.history_items)
+    outcomes: dict[str, parsing.Reranked] = {}
+    prompted: list[tuple[str, np.ndarray]] = []
+    spent = 0
+    for position, user in enumerate(selected):
+        cands = lists[user]
+        if not cands:
+            outcomes[user] = parsing.unchanged(0, top_k, status=parsing.FALLBACK, reason=parsing.NO_CANDIDATES)
+            continue
+        message = render_prompt(template, profile=context.profile(user), history=context.history(user),
+                                candidates=cands, k=top_k)
+        ids = np.asarray(tokens_view.encode(message), dtype=np.int32)
+        if tokens_view.context_length is not None and len(ids) + new_tokens > tokens_view.context_length:
+            outcomes[user] = parsing.unchanged(len(cands), top_k, status=parsing.FALLBACK, reason=parsing.TOO_LONG)
+            continue
+        cost = len(ids) + new_tokens
+        if cfg.token_budget is not None and spent + cost > cfg.token_budget:
+            # Admission stops at the first user who does not fit: the rest are over budget too.
+            for later in selected[position:]:
+                outcomes.setdefault(later, parsing.unchanged(
+                    len(lists[later]), top_k, status=parsing.NOT_SELECTED, reason=parsing.OVER_BUDGET))
+            break
+        spent += cost
+        prompted.append((user, ids))
+
+    # 3. Generate
+    logger.info("rerank: %d users, %d selected, %d prompted (%d tokens admitted); engine %s, model %s",
+                len(user_ids), len(selected), len(prompted), spent, engine_name, cfg.model)
+    gen_started = time.perf_counter()
+    answers = _generate(prompted, lists, engine=engine, engine_kwargs=engine_kwargs, engine_name=engine_name,
+                        cfg=cfg, plan=plan, spec=spec, fingerprint=fingerprint, engines=engines,
+                        new_tokens=new_tokens, top_k=top_k, context_length=tokens_view.context_length)
+    gen_seconds = time.perf_counter() - gen_started
+
+    # 4. Parse
+    tokens: dict[str, tuple[int, int]] = {}
+    for row in answers.to_pylist():
+        user = row["user_id"]
+        tokens[user] = (row["tokens_in"], row["tokens_out"])
+        if row["error"]:
+            outcomes[user] = parsing.unchanged(len(lists[user]), top_k, status=parsing.FALLBACK,
+                                               reason=parsing.ENGINE_ERROR)
+        else:
+            outcomes[user] = parsing.parse_answer(row["answer"], lists[user], top_k)
+    for user in user_ids:
+        outcomes.setdefault(user, None)  # not selected: the top-K order as it is
+
+    # 5. Outputs
+    status = _status_table(user_ids, outcomes, tokens)
+    _write_table(status, status_path)
+    _apply(candidates_path, out_path, outcomes, top_k)
+    return stage_stats(cfg, status, template=template, fingerprint=fingerprint, engine=engine_name, plan=plan,
+                       top_k=top_k, new_tokens=new_tokens, selected=len(selected), prompted=len(prompted),
+                       spent=spent, gen_seconds=gen_seconds, context_length=tokens_view.context_length,
+                       seconds=time.perf_counter() - started)
+
+
+def _read_candidates(path: str) -> pl.DataFrame:
+    fs, inner = filesystem_for(path)
+    table = pads.dataset(inner, filesystem=fs, format="parquet").to_table(columns=["user_id", "rank", "item_id"])
+    df = pl.from_arrow(table).sort(["user_id", "rank"])
+    # Positions in a user's list and ranks are used interchangeably below.
+    gaps = df.filter(pl.col("rank") != pl.int_range(1, pl.len() + 1).over("user_id"))
+    if gaps.height:
+        raise RuntimeError(f"candidate ranks of user {gaps['user_id'][0]!r} are not 1..N")  # internal bug
+    return df
+
+
+def _candidate_lists(candidates: pl.DataFrame, selected: set[str], catalogue: ItemCatalogue,
+                     item_text: pa.Table | None, chars: int) -> dict[str, list[Candidate]]:
+    """Each user's candidates in the top-K order, as the prompt shows them. Users not
+    selected get their ranks only (the parser never sees them)."""
+    row_of = {item_id: i for i, item_id in enumerate(catalogue.item_ids)}
+    texts = dict(zip(item_text.column("item_id").to_pylist(), item_text.column("text").to_pylist())) if item_text is not None else {}
+    lists: dict[str, list[Candidate]] = {}
+    for user, group in candidates.group_by("user_id", maintain_order=True):
+        user = user[0]
+        items = group["item_id"].to_list()
+        if user not in selected:
+            lists[user] = [Candidate(i, "", "") for i in items]
+            continue
+        out = []
+        for item in items:
+            row = row_of[item]
+            title = catalogue.display_titles[row]
+            text = texts.get(item) or ". ".join([title, ", ".join(sorted(catalogue.categories[row]))]).rstrip(". ")
+            out.append(Candidate(item_id=item, title=title, text=clip(text, chars)))
+        lists[user] = out
+    return lists
+
+
+class _PromptContext:
+    """Profiles and recent-history titles by user."""
+
+    def __init__(self, catalogue: ItemCatalogue, histories: pa.Table, users: pa.Table | None, history_items: int):
+        self.titles = catalogue.display_titles
+        self.history_items = history_items
+        ids = histories.column("user_id").to_pylist()
+        self.recent = dict(zip(ids, histories.column("recent_rows").to_pylist()))
+        self.profiles = dict(zip(ids, histories.column("profile_text").to_pylist()))
+        if users is not None:
+            for user, attributes in zip(users.column("user_id").to_pylist(), users.column("attributes").to_pylist()):
+                self.profiles[user] = ". ".join(attributes or []) or None
+
+    def profile(self, user: str) -> str | None:
+        return self.profiles.get(user)
+
+    def history(self, user: str) -> list[str]:
+        rows = self.recent.get(user) or []
+        return [self.titles[r] for r in rows[: self.history_items]]
+
+
+def _generate(prompted, lists, *, engine, engine_kwargs, engine_name, cfg, plan, spec, fingerprint, engines,
+              new_tokens, top_k, context_length) -> pa.Table:
+    """engines.ANSWERS for the prompted users (one row each)."""
+    if not prompted:
+        return ANSWERS.empty_table()
+    # Similar lengths in one batch waste little padding; the order is restored by user id.
+    prompted = sorted(prompted, key=lambda p: (-len(p[1]), p[0]))
+    size = batch_size(cfg, "vllm" if engine_name == "vllm" else "hf", plan)
+    users = [u for u, _ in prompted]
+    lengths = np.array([len(ids) for _, ids in prompted], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    flat = np.concatenate([ids for _, ids in prompted]) if prompted else np.zeros(0, np.int32)
+    table = pa.table({
+        "user_id": pa.array(users, pa.string()),
+        "prompt_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, pa.int32())),
+        "answer_schema": pa.array(
+            [answer_schema_json(answer_schema(len(lists[u]), top_k)) for u in users], pa.string()
+        ),
+    })
+    rows_per_block = size * BATCHES_PER_BLOCK
+    ds = ray.data.from_arrow([table.slice(s, rows_per_block) for s in range(0, table.num_rows, rows_per_block)])
+    if engine_name == "vllm":
+        processor = build_vllm_processor(model=spec, max_new_tokens=new_tokens, batch_size=size,
+                                         concurrency=max(1, engines), max_model_len=context_length)
+        out = processor(ds).map_batches(vllm_answers, batch_format="pyarrow")
+    else:
+        cls = engine or HFGenerator
+        kwargs = engine_kwargs if engine is not None else dict(
+            model=spec, fingerprint=fingerprint, max_new_tokens=new_tokens, device=plan.device,
+            precision=_precision(cfg, plan), num_threads=plan.threads,
+        )
+        out = ds.map_batches(
+            cls, fn_constructor_kwargs=kwargs, batch_size=size, batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=plan.num_actors), num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
+        )
+    answers = pa.concat_tables([ray.get(ref) for ref in out.to_arrow_refs()]).select(ANSWERS.names).cast(ANSWERS)
+    got = answers.column("user_id").to_pylist()
+    if sorted(got) != sorted(users):
+        raise RuntimeError(f"the engine answered {len(got)} prompts for {len(users)} users")  # internal bug
+    return answers
+
+
+def _precision(cfg: RerankConfig, plan) -> str:
+    if cfg.precision != "auto":
+        return cfg.precision
+    return "bf16" if plan.device == "cuda" else "fp32"
+
+
+def _status_table(user_ids: list[str], outcomes: dict, tokens: dict[str, tuple[int, int]]) -> pa.Table:
+    rows = []
+    for user in sorted(user_ids):
+        outcome = outcomes[user]
+        t_in, t_out = tokens.get(user, (0, 0))
+        if outcome is None:
+            rows.append((user, parsing.NOT_SELECTED, parsing.NOT_SELECTED, None, 0, 0, 0))
+        else:
+            rows.append((user, outcome.status, outcome.reason, outcome.question, t_in, t_out, outcome.llm_items))
+    columns = list(zip(*rows)) if rows else [[] for _ in schemas.RERANK_STATUS.names]
+    return pa.table(dict(zip(schemas.RERANK_STATUS.names, columns)), schema=schemas.RERANK_STATUS)
+
+
+def _write_table(table: pa.Table, directory: str) -> None:
+    fs, inner = filesystem_for(directory)
+    fs.create_dir(inner, recursive=True)
+    pq.write_table(table, posixpath.join(inner, "part-00000.parquet"), filesystem=fs)
+
+
+def _apply(candidates_path: str, out_path: str, outcomes: dict, top_k: int) -> None:
+    """Candidates -> the published top K: reordered rows for users whose order changed, the
+    first K for everyone else. Row by row, so it streams through Ray Data at any size."""
+    changed = {}
+    for user, outcome in outcomes.items():
+        if outcome is not None and outcome.llm_items:
+            changed[user] = (
+                {p + 1: slot + 1 for slot, p in enumerate(outcome.order)},  # top-K rank -> new rank
+                {p + 1: e for p, e in zip(outcome.order, outcome.explanations)},
+            )
+    ds = ray.data.read_parquet(candidates_path).map_batches(
+        _reorder, fn_kwargs=dict(changed=ray.put(changed), top_k=top_k), batch_size=None, batch_format="pyarrow",
+    )
+    ds.write_parquet(out_path)
+
+
+def _reorder(batch: pa.Table, *, changed: ray.ObjectRef | dict, top_k: int) -> pa.Table:
+    """Candidate rows -> final rows (schemas.RECOMMENDATIONS), each user's in rank order."""
+    changed = ray.get(changed) if isinstance(changed, ray.ObjectRef) else changed
+    users = batch.column("user_id").to_pylist()
+    keep, new_rank, explanation = [], [], []
+    for i, (user, rank) in enumerate(zip(users, batch.column("rank").to_pylist())):
+        change = changed.get(user)
+        if change is None:
+            if rank <= top_k:
+                keep.append(i), new_rank.append(rank), explanation.append(None)
+        elif rank in change[0]:
+            keep.append(i), new_rank.append(change[0][rank]), explanation.append(change[1][rank])
+    out = batch.take(pa.array(keep, pa.int64()))
+    out = out.set_column(out.schema.get_field_index("rank"), "rank", pa.array(new_rank, pa.int32()))
+    out = out.set_column(out.schema.get_field_index("explanation"), "explanation", pa.array(explanation, pa.string()))
+    first: dict[str, int] = {}
+    order = sorted(range(out.num_rows), key=lambda j: (first.setdefault(users[keep[j]], j), new_rank[j]))
+    return out.take(pa.array(order, pa.int64())).select(schemas.RECOMMENDATIONS.names).cast(schemas.RECOMMENDATIONS)

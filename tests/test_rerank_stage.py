@@ -1,0 +1,193 @@
+"""The rerank stage on the real local Ray: a scripted engine for every status, the token
+budget and the context limit, and the HF engine with a tiny random causal LM end to end."""
+
+import os
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+import ray.cloudpickle
+
+from chatrec import schemas
+from chatrec.catalogue import build_catalogue
+from chatrec.config import RerankConfig
+from chatrec.histories import build_histories
+from chatrec.item_text import render_item_text
+from chatrec.rerank.engines import ANSWERS, HFGenerator, TokenizerView
+from chatrec.rerank.selection import select_users
+from chatrec.rerank.tiny_lm import write_tiny_causal_lm
+from pipelines.rerank import rerank_stage
+
+# Ray workers import this module's classes by value: tests/ is not on their path.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+TITLES = ["Heat", "Alien", "Toy Story", "Jaws", "Ran", "Brazil", "Fargo", "Matrix, The", "Up", "Big"]
+N, K = 5, 3
+
+
+class ScriptedEngine:
+    """Answers from a script keyed by user id; tokens_out counts the answer's characters."""
+
+    def __init__(self, *, answers: dict[str, str]) -> None:
+        self.answers = answers
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        users = batch.column("user_id").to_pylist()
+        texts = [self.answers.get(u, "") for u in users]
+        return pa.table({
+            "user_id": pa.array(users, pa.string()),
+            "answer": pa.array(texts, pa.string()),
+            "tokens_in": pa.array([len(p) for p in batch.column("prompt_ids").to_pylist()], pa.int32()),
+            "tokens_out": pa.array([len(t) for t in texts], pa.int32()),
+            "error": pa.nulls(len(users), pa.string()),
+        }, schema=ANSWERS)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Ten items, six users with one interaction each, five candidates per user."""
+    base = tmp_path_factory.mktemp("rerank")
+    items = pa.table({
+        "item_id": [f"i{n}" for n in range(10)],
+        "title": TITLES,
+        "year": [str(1970 + n) for n in range(10)],
+        "categories": [["Drama"], ["Horror"], ["Animation"], ["Thriller"], ["War"], ["Comedy"], ["Crime"],
+                       ["Sci-Fi"], ["Animation"], ["Comedy"]],
+        "description": [f"story number {n}" for n in range(10)],
+        "attributes": [[] for _ in range(10)],
+    }).cast(schemas.ITEMS)
+    texts = render_item_text(items)
+    catalogue = build_catalogue(items, np.eye(10, dtype=np.float32))
+    users = [f"u{n}" for n in range(6)]
+    log = pa.table({"user_id": users, "item_id": [f"i{n}" for n in range(6)],
+                    "timestamp": list(range(6))}).cast(schemas.INTERACTIONS)
+    profiles = pa.table({"user_id": users,
+                         "attributes": [["plan: pro"]] * 5 + [["plan: free"]]}).cast(schemas.USERS)
+    histories = build_histories(log, texts, max_items=10, users=profiles).histories
+    rows = []
+    for n, user in enumerate(users):
+        unseen = [i for i in range(10) if i != n][:N]
+        for rank, item in enumerate(unseen, start=1):
+            rows.append({"user_id": user, "rank": rank, "item_id": f"i{item}", "score": 1.0 - rank / 8,
+                         "because_item_id": f"i{n}", "reason": f"similar to {TITLES[n]}", "strategy": "content",
+                         "run_id": "r", "explanation": None})
+    (base / "candidates").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schemas.RECOMMENDATIONS), base / "candidates" / "part.parquet")
+    model = write_tiny_causal_lm(base / "tiny-lm")
+    candidates = {u: [r["item_id"] for r in rows if r["user_id"] == u] for u in users}
+    return dict(base=base, catalogue=catalogue, histories=histories, users=profiles, texts=texts,
+                model=str(model), candidates=candidates, rows=rows)
+
+
+def run(world, name, *, engine=None, answers=None, **rerank):
+    out = world["base"] / name
+    cfg = RerankConfig(enabled=True, model=world["model"], candidates=N, **rerank)
+    stats = rerank_stage(
+        candidates_path=str(world["base"] / "candidates"), out_path=str(out / "recommendations"),
+        status_path=str(out / "rerank_status"), catalogue=world["catalogue"], histories=world["histories"],
+        users=world["users"], item_text=world["texts"], cfg=cfg, top_k=K, run_id="r",
+        engine=engine, engine_kwargs=dict(answers=answers) if engine is not None else None,
+    )
+    recs = pads.dataset(str(out / "recommendations"), format="parquet").to_table()
+    status = pq.read_table(out / "rerank_status")
+    by_user = {}
+    for r in recs.sort_by([("user_id", "ascending"), ("rank", "ascending")]).to_pylist():
+        by_user.setdefault(r["user_id"], []).append(r)
+    return stats, by_user, {r["user_id"]: r for r in status.to_pylist()}, recs
+
+
+def assert_exactly_k_candidates(world, by_user):
+    assert set(by_user) == set(world["candidates"])
+    original = {(r["user_id"], r["item_id"]): r for r in world["rows"]}
+    for user, rows in by_user.items():
+        assert [r["rank"] for r in rows] == list(range(1, K + 1))
+        items = [r["item_id"] for r in rows]
+        assert len(set(items)) == K and set(items) <= set(world["candidates"][user])
+        for r in rows:  # everything but rank and explanation is the candidate row's
+            base = original[(user, r["item_id"])]
+            assert {k: r[k] for k in ("score", "because_item_id", "reason", "strategy", "run_id")} == \
+                   {k: base[k] for k in ("score", "because_item_id", "reason", "strategy", "run_id")}
+
+
+def test_scripted_answers_through_the_stage(ray_cluster, world):
+    c = world["candidates"]
+    answers = {
+        "u0": '{"ranking": [{"item": 3, "explanation": "A classic."}, {"item": 1, "explanation": "Tense."}, '
+              '{"item": 5, "explanation": "Funny."}], "question": "Older or newer films?"}',
+        "u1": '[" toy story (1972) ", "BRAZIL", "jaws"]',
+        "u2": "I cannot answer that.",
+        "u3": '{"ranking": [{"item": 2, "explanation": "Because."}]}',
+        "u4": '{"ranking": [{"item": 9}, {"id": "i0"}, {"title": "Nope"}]}',
+    }
+    stats, recs, status, table = run(world, "scripted", engine=ScriptedEngine, answers=answers,
+                                     users="segment:plan=pro")
+    assert table.schema.equals(schemas.RECOMMENDATIONS)
+    assert_exactly_k_candidates(world, recs)
+    got = {u: (s["status"], s["reason"]) for u, s in status.items()}
+    assert got == {"u0": ("used", None), "u1": ("used", None), "u2": ("fallback", "not-json"),
+                   "u3": ("partial", "wrong-count"), "u4": ("partial", "not-candidate"),
+                   "u5": ("not-selected", "not-selected")}
+    assert [r["item_id"] for r in recs["u0"]] == [c["u0"][2], c["u0"][0], c["u0"][4]]
+    assert [r["explanation"] for r in recs["u0"]] == ["A classic.", "Tense.", "Funny."]
+    assert status["u0"]["question"] == "Older or newer films?" and status["u0"]["llm_items"] == 3
+    assert [r["item_id"] for r in recs["u1"]] == ["i2", "i5", "i3"]
+    for user in ("u2", "u5"):  # the top-K order, untouched
+        assert [r["item_id"] for r in recs[user]] == c[user][:K]
+        assert all(r["explanation"] is None for r in recs[user])
+    assert [r["item_id"] for r in recs["u3"]] == [c["u3"][1], c["u3"][0], c["u3"][2]]
+    assert [r["explanation"] for r in recs["u3"]] == ["Because.", None, None]
+    assert [r["item_id"] for r in recs["u4"]][0] == "i0"
+    assert status["u5"]["tokens_in"] == 0 and all(status[u]["tokens_in"] > 100 for u in c if u != "u5")
+    assert stats["users"] == {"total": 6, "selected": 5, "prompted": 5, "used": 2, "partial": 2, "fallback": 1,
+                              "not_selected": 1}
+    assert stats["by_reason"] == {"not-candidate": 1, "not-json": 1, "not-selected": 1, "wrong-count": 1}
+    assert stats["tokens"]["in"] == sum(s["tokens_in"] for s in status.values())
+    assert stats["template"]["version"].startswith("rerank-v1@") and stats["model"]["engine"] == "custom"
+
+
+def test_token_budget_admits_users_in_hash_order_and_the_rest_are_over_budget(ray_cluster, world):
+    _, _, free, _ = run(world, "unbudgeted", engine=ScriptedEngine, answers={}, max_new_tokens=50)
+    order = select_users(sorted(world["candidates"]), "all", seed=0)
+    cost = [free[u]["tokens_in"] + 50 for u in order]
+    stats, recs, status, _ = run(world, "budgeted", engine=ScriptedEngine, answers={}, max_new_tokens=50,
+                                 token_budget=cost[0] + cost[1] + cost[2] - 1)
+    assert_exactly_k_candidates(world, recs)
+    assert [u for u in order if status[u]["tokens_in"] > 0] == order[:2]
+    assert all((status[u]["status"], status[u]["reason"]) == ("not-selected", "over-budget") for u in order[2:])
+    assert stats["users"]["prompted"] == 2 and stats["tokens"]["admitted"] == cost[0] + cost[1]
+
+
+def test_prompts_past_the_context_fall_back_without_being_sent(ray_cluster, world):
+    context = TokenizerView(world["model"]).context_length
+    stats, recs, status, _ = run(world, "too-long", engine=ScriptedEngine, answers={}, max_new_tokens=context)
+    assert_exactly_k_candidates(world, recs)
+    assert {(s["status"], s["reason"]) for s in status.values()} == {("fallback", "too-long")}
+    assert stats["users"]["prompted"] == 0 and stats["tokens"]["in"] == 0
+
+
+def test_hf_engine_with_a_tiny_random_lm_end_to_end(ray_cluster, world):
+    stats, recs, status, table = run(world, "hf", max_new_tokens=24, batch_size=2, users=4)
+    assert_exactly_k_candidates(world, recs)
+    prompted = [s for s in status.values() if s["tokens_in"] > 0]
+    assert len(prompted) == 4 and stats["model"]["engine"] == "hf"
+    assert all(0 < s["tokens_out"] <= 24 and s["status"] in {"used", "partial", "fallback"} for s in prompted)
+    # Random weights write noise: it must show in the counts, not in the output.
+    assert sum(stats["users"][k] for k in ("used", "partial", "fallback", "not_selected")) == 6
+    assert stats["users"]["not_selected"] == 2
+    assert stats["tokens"]["out"] == sum(s["tokens_out"] for s in prompted) > 0
+    assert stats["tokens_per_s"] > 0 and stats["model"]["fingerprint"]
+
+
+def test_hf_generation_is_greedy_and_deterministic(world):
+    view = TokenizerView(world["model"])
+    prompts = [view.encode("Candidates: 1. Heat (1970). Answer with JSON only."), view.encode("Hello")]
+    engine = HFGenerator(model=world["model"], fingerprint=None, max_new_tokens=12, num_threads=1)
+    first, counts = engine.generate(prompts)
+    again, _ = engine.generate(prompts)
+    assert first == again and all(0 < n <= 12 for n in counts)
+    assert view.chat and prompts[1][: len(view.tokenizer("<|user|>")["input_ids"])] == \
+        view.tokenizer("<|user|>")["input_ids"]  # the chat template was applied
+    assert os.path.isfile(os.path.join(world["model"], "chat_template.jinja"))
