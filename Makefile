@@ -15,8 +15,15 @@ DEMO_CONFIG := configs/movielens-100k.yaml
 DEMO_SPLIT := data/ml-100k-split
 DEMO_OUT := out/demo
 BASELINES := popularity itemknn ease ease-recency content
+# make demo RERANK=1: chatrec's run also has the LLM rerank stage, with a tiny random causal LM
+# on CPU (no download) for RERANK_USERS users. Its answers are noise: they fall back, and the
+# summary counts it. About 5 s per user on a 2-core laptop.
+RERANK ?=
+RERANK_USERS ?= 30
+TINY_LM := out/tiny-lm
+RERANK_FLAGS := $(if $(RERANK),--rerank --llm-model $(TINY_LM) --llm-users $(RERANK_USERS))
 
-.PHONY: demo test test-fast venv clean
+.PHONY: demo test test-fast bench bench-refresh venv clean
 
 venv: $(STAMP)
 
@@ -33,8 +40,9 @@ demo: $(STAMP)
 	$(BIN)/chatrec data fetch movielens-100k --dest $(DEMO_DATA)
 	$(BIN)/chatrec split --interactions $(DEMO_DATA)/ml-100k.inter --out $(DEMO_SPLIT) \
 		--by user-time --ratios 0.8,0.1,0.1 --force
+	$(if $(RERANK),$(BIN)/chatrec models tiny-lm --dest $(TINY_LM))
 	$(BIN)/chatrec run --config $(DEMO_CONFIG) --output $(DEMO_OUT)/chatrec \
-		--interactions $(DEMO_SPLIT)/train.parquet $(DEMO_SPLIT)/valid.parquet
+		--interactions $(DEMO_SPLIT)/train.parquet $(DEMO_SPLIT)/valid.parquet $(RERANK_FLAGS)
 	for b in $(BASELINES); do \
 		$(BIN)/chatrec baseline $$b --config $(DEMO_CONFIG) --output $(DEMO_OUT)/$$b \
 			--train $(DEMO_SPLIT)/train.parquet --valid $(DEMO_SPLIT)/valid.parquet --json || exit 1; \
@@ -48,6 +56,16 @@ test: $(STAMP)
 # Unit tests only (skips the end-to-end MovieLens runs).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m 'not slow'
+
+# Stages against their bare kernels on synthetic data; rewrites BENCHMARKS.md's generated
+# section and bench/results.json. 13-19 minutes on 2 shared cores. E.g. BENCH_ARGS='--scale 10'.
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The nightly refresh against a full run on MovieLens-100K; rewrites BENCHMARKS.md's refresh section.
+bench-refresh: $(STAMP)
+	$(BIN)/python -m bench.refresh --write
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -34,25 +34,52 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
             overrides.setdefault("inputs", {})[table] = {"path": value}
     put("output", "path", args.output)
     put("output", "run_id", args.run_id)
+    put("output", "keep", args.keep)
     put("retrieval", "top_k", args.top_k)
     put("encoder", "model", args.model)
     put("ray", "address", args.ray_address)
+    # `run` only: `refresh` takes the feedback log and the rerank settings from its config.
+    if getattr(args, "feedback", None) is not None:
+        overrides.setdefault("inputs", {})["feedback"] = {"path": args.feedback}
+    put("rerank", "enabled", True if getattr(args, "rerank", False) else None)
+    put("rerank", "model", getattr(args, "llm_model", None))
+    put("rerank", "users", getattr(args, "llm_users", None))
     return overrides
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from chatrec.config import load_config
-    from chatrec.summary import print_summary
+    from chatrec.summary import print_matcher_summary, print_summary
     from pipelines.full_run import run_job
 
+    refresh, train = args.command == "refresh", args.command == "train"
+    for flag in ("items", "interactions", "users", "top_k", "model", "keep"):
+        if not hasattr(args, flag):  # flags `run` has and `refresh`/`train` do not
+            setattr(args, flag, None)
     cfg = load_config(args.config, _run_overrides(args))
-    result = run_job(cfg)
+    result = run_job(cfg, refresh=refresh, train_only=train)
+    if train:
+        if args.json:
+            print(json.dumps({"run_id": result.run_id, "run_dir": result.run_dir, "matcher": {
+                k: result.manifest["matcher"].get(k) for k in ("best_epoch", "epochs_run", "validation", "fusion")
+            }, "stages": result.manifest["stages"], "wall_seconds": result.manifest["wall_seconds"]}))
+        else:
+            print_matcher_summary(result.manifest, result.run_dir)
+        return 0
     if args.json:
         print(json.dumps({"run_id": result.run_id, "run_dir": result.run_dir, **{
-            k: result.manifest[k] for k in ("users", "outputs", "rejects", "stages", "wall_seconds")
+            k: result.manifest[k] for k in ("users", "outputs", "rejects", "stages", "wall_seconds",
+                                            "refresh", "rerank", "resumed_stages", "retention") if k in result.manifest
         }}))
     else:
         print_summary(result.manifest, result.run_dir)
+    return 0
+
+
+def cmd_models_tiny_lm(args: argparse.Namespace) -> int:
+    from chatrec.rerank.tiny_lm import write_tiny_causal_lm
+
+    print(write_tiny_causal_lm(Path(args.dest), seed=args.seed))
     return 0
 
 
@@ -62,6 +89,20 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
     dest = Path(args.dest) if args.dest else DEFAULT_DATA_HOME / "ml-100k"
     path = fetch_movielens_100k(dest, source=Path(args.source) if args.source else None, force=args.force)
     print(path)
+    return 0
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from chatrec.datasets.synth import DEFAULT_CHUNK_ROWS, SynthSpec, synthesize
+
+    spec = SynthSpec(items=args.items, users=args.users, seed=args.seed, clusters=args.clusters,
+                     chunk_rows=args.chunk_rows or DEFAULT_CHUNK_ROWS)
+    manifest = synthesize(args.out, spec, force=args.force)
+    rows, stats = manifest["rows"], manifest["stats"]
+    print(f"{rows['items']:,} items in {manifest['clusters']} taste clusters, {rows['users']:,} users, "
+          f"{rows['interactions']:,} interactions (median {stats['history_median']} a user, "
+          f"top 1% of items {stats['top_1pct_item_share']:.0%} of them)")
+    print(f"run it: chatrec run --items {args.out}/items --interactions {args.out}/interactions --output OUT")
     return 0
 
 
@@ -177,6 +218,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _job_flags(parser: argparse.ArgumentParser, *, output_help: str) -> None:
+    """The flags `refresh` and `train` share: their inputs come from the config."""
+    parser.add_argument("--config", "-c", required=True, help="YAML config file (see README, 'Configuration')")
+    parser.add_argument("--output", "-o", help=output_help)
+    parser.add_argument("--run-id", help="run id (default: UTC timestamp + random suffix)")
+    parser.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary instead of tables")
+    parser.set_defaults(func=cmd_run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chatrec",
@@ -205,8 +256,55 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-id", help="run id (default: UTC timestamp + random suffix)")
     run.add_argument("--model", help="encoder: Hugging Face id, local directory or URI")
     run.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    run.add_argument(
+        "--feedback", nargs="+", metavar="LOC",
+        help="feedback log: user_id, item_id, timestamp, event (impression, click, dismiss); clicks become "
+        "interactions, recent dismissals are left out (see README, 'Feedback')",
+    )
+    run.add_argument(
+        "--rerank", action="store_true",
+        help="run the LLM rerank stage: a language model reorders each user's top-N candidates and explains "
+        "them (needs --llm-model or rerank.model; see README, 'The rerank stage')",
+    )
+    run.add_argument("--llm-model", metavar="MODEL",
+                     help="rerank model: a Hugging Face causal LM id, local directory or URI")
+    run.add_argument(
+        "--llm-users", metavar="WHO",
+        help="who is reranked: all, a share (0.1), a count (500) or segment:NAME=VALUE (default all); the "
+        "others keep the top-K order",
+    )
     run.add_argument("--json", action="store_true", help="print a JSON summary instead of tables")
+    run.add_argument("--keep", type=int, metavar="N",
+                     help="after publishing, delete all but the newest N runs (never the one LATEST names)")
     run.set_defaults(func=cmd_run)
+
+    refresh = sub.add_parser(
+        "refresh",
+        help="the nightly refresh: rerun on today's catalogue and log, reusing the last run's work",
+        description="Run the job again on the current inputs, building on the run LATEST names: only items "
+        "whose text changed (or that are new) are embedded, the matcher is reused unless refresh.retrain says "
+        "to train again, users whose history did not change keep their vectors, and top-K is recomputed for "
+        "every user. The manifest counts what was added, changed, removed, reused and recomputed. Re-running "
+        "the same --run-id after a crash resumes it.",
+        epilog="example: chatrec refresh --config nightly.yaml --run-id nightly-2026-11-23 --keep 7",
+    )
+    _job_flags(refresh, output_help="output root, overriding output.path")
+    refresh.add_argument("--keep", type=int, metavar="N",
+                         help="after publishing, delete all but the newest N runs (never the one LATEST names)")
+
+    train = sub.add_parser(
+        "train",
+        help="train the matcher alone and publish it, for runs to score with (matcher.from_run)",
+        description="Run the matcher's stages alone: read and validate the inputs, embed the items (the "
+        "embedding cache serves unchanged texts), train the two-tower matcher with Ray Train and tune its "
+        "fusion. The result is published under <output>/matchers/runs/<run_id>/ (item_embeddings/, "
+        "matcher/model.pt, matcher/item_vectors.parquet, manifest.json) with <output>/matchers/LATEST; no "
+        "recommendations are made. A run with matcher.from_run: <output>/matchers scores with it instead of "
+        "training. Re-running the same --run-id after a crash resumes the training.",
+        epilog="example: chatrec train --config configs/movielens-100k.yaml --run-id weekly-2026-47",
+    )
+    _job_flags(train, output_help="output root, overriding output.path (the matcher goes to <output>/matchers)")
+    train.add_argument("--interactions", nargs="+", metavar="LOC", help="interaction log, overriding the config's")
 
     split = sub.add_parser(
         "split",
@@ -334,6 +432,20 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--json", action="store_true", help="print a JSON summary instead of tables")
     baseline.set_defaults(func=cmd_baseline)
 
+    models = sub.add_parser("models", help="write models for trying chatrec offline")
+    models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    tiny = models_sub.add_parser(
+        "tiny-lm",
+        help="write a tiny causal LM with random weights (for the rerank stage on a laptop)",
+        description="Write a 2-layer LLaMA-architecture causal LM with random weights and a byte-level BPE "
+        "tokenizer, built here with no download (about 0.6 MB). It exercises the rerank stage end to end on "
+        "CPU; its answers are noise, so almost every user falls back to the top-K order.",
+        epilog="example: chatrec models tiny-lm --dest out/tiny-lm && chatrec run ... --rerank --llm-model out/tiny-lm",
+    )
+    tiny.add_argument("--dest", required=True, help="directory to write the model to")
+    tiny.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
+    tiny.set_defaults(func=cmd_models_tiny_lm)
+
     data = sub.add_parser("data", help="fetch demo data sets")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     fetch = data_sub.add_parser(
@@ -347,6 +459,29 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--from", dest="source", help="a local directory with GroupLens or atomic files")
     fetch.add_argument("--force", action="store_true", help="fetch again even if present")
     fetch.set_defaults(func=cmd_data_fetch)
+    synth = data_sub.add_parser(
+        "synth",
+        help="generate a synthetic catalogue and interaction log of any size",
+        description="Generate a synthetic catalogue (titles, categories, descriptions of varied length, "
+        "brand/price/language attributes) and an interaction log with timestamps, in chatrec's input "
+        "contract. Items belong to hidden taste clusters with their own words; each user favours one to "
+        "three clusters; item popularity and user activity follow power laws. The same seed gives the same "
+        "rows however they are cut into files, and users are generated and written a block at a time, so "
+        "10M users fit in bounded memory. Writes DIR/items/, DIR/interactions/ (Parquet parts) and "
+        "DIR/synth.json.",
+        epilog="example: chatrec data synth --items 10000 --users 100000 --out data/synth-10k",
+    )
+    synth.add_argument("--items", type=int, required=True, metavar="N", help="catalogue size")
+    synth.add_argument("--users", type=int, required=True, metavar="M", help="users in the log (each has >= 3 interactions)")
+    synth.add_argument("--out", required=True, metavar="DIR",
+                       help="local output directory; must not exist or be empty (see --force)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument("--clusters", type=int, metavar="K",
+                       help="taste clusters (default: about sqrt(items) / 2, between 4 and 64)")
+    synth.add_argument("--chunk-rows", type=int, metavar="R",
+                       help="rows per Parquet part file (default 1,000,000)")
+    synth.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
+    synth.set_defaults(func=cmd_data_synth)
     return parser
 
 

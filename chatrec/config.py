@@ -74,8 +74,10 @@ class InputsConfig(_Strict):
     interactions: TableInput
     users: TableInput | None = None
     knowledge_graph: KnowledgeGraphInput | None = None
+    # user_id, item_id, timestamp, event (impression | click | dismiss): see chatrec.feedback.
+    feedback: TableInput | None = None
 
-    _expand = field_validator("items", "interactions", "users", mode="before")(
+    _expand = field_validator("items", "interactions", "users", "feedback", mode="before")(
         classmethod(lambda cls, v: _path_shorthand(v))
     )
 
@@ -114,7 +116,9 @@ class EncoderConfig(_Strict):
     # all-MiniLM-L6-v2 was trained on 128 word pieces; longer inputs add cost, not quality.
     max_length: int = Field(128, ge=8, le=8192)
     # 64 texts of <=128 tokens is ~8k tokens a forward pass: big enough to amortise Python
-    # overhead on CPU, small enough that one length-sorted batch wastes little padding.
+    # overhead on CPU, small enough that one length-sorted batch wastes little padding
+    # (1.06 token positions per real token). `make bench`, texts/s at 32 / 64 / 128 on 2 cores:
+    # 29.6 / 39.1 / 29.9 (and 20.9 / 27.3 / 30.2 in a noisier run): 64 stays.
     batch_size: int = Field(64, ge=1)
     # Ray Data hands actors blocks of this many rows; each is then cut into `batch_size`
     # chunks sorted by length. Larger blocks sort better but hold more rows in memory.
@@ -152,6 +156,11 @@ class HistoryConfig(_Strict):
             "text encoder matches demographics to movie texts poorly (see README)."
         ),
     )
+    # A block of 4096 users with 50-item histories gathers ~200k item vectors (~300 MB at
+    # dim 384) at most: small enough for a worker, large enough to amortise a task.
+    users_per_block: int = Field(
+        4096, ge=1, description="Users per Ray Data block in the user and top-K stages (and per output file)."
+    )
 
 
 class MatcherConfig(_Strict):
@@ -171,6 +180,16 @@ class MatcherConfig(_Strict):
     layers: int = Field(1, ge=1, description="Transformer layers in the user tower.")
     heads: int = Field(2, ge=1, description="Attention heads per layer (dim must divide by it).")
     dropout: float = Field(0.2, ge=0, lt=1)
+    # Off by default: on MovieLens-100K's cold-item split (BENCHMARKS.md, seed 0) 0.5 raised
+    # cold-item Recall@20 from 0.0158 to 0.0253 (with the new-item term), but validation
+    # NDCG@10, the selection criterion, did not favour it (0.1946 vs 0.1952 at 0), it took
+    # twice the epochs, and test NDCG@10 on the normal split fell from 0.1875 to 0.1794.
+    # Worth it for catalogues where new items matter more than warm ranking.
+    id_dropout: float = Field(
+        0.0, ge=0, le=1,
+        description="Chance that an item's id vector is dropped for a training batch, so the text path alone "
+        "also learns to place known items: what a new item (no id vector) gets.",
+    )
     temperature: float = Field(0.05, gt=0, description="Initial softmax temperature; it is learned.")
     # 1024 in-batch negatives: 4x fewer optimiser steps than 256 per epoch on CPU, and more
     # negatives per example; 2e-3 is Adam's usual rate scaled up for the larger batch.
@@ -182,11 +201,24 @@ class MatcherConfig(_Strict):
     validation_share: float = Field(
         0.1, gt=0, lt=1, description="Each user's latest share of interactions held out for validation."
     )
+    # 146 pretend-new items on that split: validation NDCG@10 0.2028 with the tuned term against
+    # 0.2020 without (offset 0.25; a zero-shot text weight above 0 never helped).
+    new_item_validation_share: float = Field(
+        0.1, ge=0, lt=1,
+        description="Share of the known items that pretend to be new (text-only tower score, no EASE score) "
+        "while the fusion's new-item term is tuned on validation; 0: no new-item term.",
+    )
     seed: int = 0
     text_encoder: Literal["frozen"] = Field(
         "frozen",
         description="frozen: item text vectors come from the embedding stage, computed once. "
         "Finetuning the encoder's top layers is not available yet.",
+    )
+    from_run: str | None = Field(
+        None,
+        description="Score with a matcher trained by `chatrec train` instead of training one: its run directory, "
+        "or the root it was published under (<output>/matchers: its LATEST is followed). Items new since are "
+        "placed by their text.",
     )
     fusion: Literal["auto", "off"] = Field(
         "auto",
@@ -210,15 +242,141 @@ class RetrievalConfig(_Strict):
         description="auto: GPU index when the cluster has GPUs and faiss is a GPU build, else CPU. "
         "gpu without either is an error.",
     )
-    # Users per FAISS search call: large enough that BLAS does the work, small enough that
-    # (batch, K + seen) result arrays stay a few MB.
-    batch_size: int = Field(1024, ge=1)
+    # Users per FAISS search call. Users are searched in groups of equal depth (K + seen), so
+    # larger calls keep both FAISS threads busy on the small groups of heavy users. `make bench`
+    # (20k items, 10k users, 2 cores), users/s at 256 / 1024 / 4096: 1,176 / 1,424 / 1,734, and
+    # 598 / 617 / 633 on a busier machine. 4096 is one top-K block; its (batch, K + seen) result
+    # arrays stay a few MB.
+    batch_size: int = Field(4096, ge=1)
     num_actors: int | Literal["auto"] = Field("auto", description="auto: one per GPU with a GPU index, else (CPUs - 1) // threads, at least 1.")
+
+
+class RerankConfig(_Strict):
+    """The optional Chat-Rec stage (chatrec.rerank, pipelines/rerank.py): a causal language
+    model reorders each user's top-N candidates and explains each pick in one sentence.
+
+    Off by default: it costs LLM tokens for every user it serves (see README, "The rerank
+    stage"). Whatever the model answers, every user keeps exactly top_k valid items.
+    """
+
+    enabled: bool = Field(False, description="Run the rerank stage between top-K and publish.")
+    model: str | None = Field(
+        None,
+        description="Hugging Face causal LM id, local directory, or remote URI of a model directory. "
+        "Required when enabled; `chatrec models tiny-lm --dest DIR` writes a tiny random one for trying the stage.",
+    )
+    candidates: int = Field(
+        20, ge=1, le=200,
+        description="N: candidates per user that the top-K stage hands the model (at least retrieval.top_k). "
+        "Prompt tokens grow linearly with N.",
+    )
+    users: int | float | str = Field(
+        "all",
+        description="Who is reranked: 'all'; a share in (0, 1] (0.1) or a count (500) of users, sampled by a "
+        "hash of seed and user id (the same users night after night); or 'segment:NAME=VALUE' (the users "
+        "table's attribute NAME equals VALUE). The others keep the top-K order (status not-selected).",
+    )
+    seed: int = Field(0, description="Seed of the user sample's hash.")
+    token_budget: int | None = Field(
+        None, ge=1,
+        description="Most tokens one run may spend, counting each user's prompt tokens plus max_new_tokens. "
+        "Users are admitted in sample order until the next would pass it; the rest are not-selected "
+        "(reason over-budget). None: no limit.",
+    )
+    # About 30 tokens per ranked item (its number, a one-sentence explanation, JSON punctuation)
+    # plus a question: auto = 32 * top_k + 64, so a well-behaved answer is never cut short.
+    max_new_tokens: int | Literal["auto"] = Field(
+        "auto", description="Most tokens generated per user. auto: 32 * retrieval.top_k + 64."
+    )
+    history_items: int = Field(10, ge=0, description="Most recent history items shown in the prompt.")
+    # 160 characters keep a title, year, categories and the start of a description: enough to
+    # tell items apart, at about 50 tokens per candidate.
+    item_chars: int = Field(
+        160, ge=16, description="Characters of each candidate's item text in the prompt (cut at a word)."
+    )
+    template: Literal["rerank-v1"] = Field(
+        "rerank-v1", description="Versioned prompt template (chatrec/rerank/templates/); its sha256 goes in the manifest."
+    )
+    engine: Literal["auto", "hf", "vllm"] = Field(
+        "auto",
+        description="hf: transformers generate in Ray Data actors (CPU or GPU); vllm: Ray Data's LLM batch "
+        "processor with vLLM, one engine per GPU. auto: vllm when the cluster has GPUs and vllm is installed, else hf.",
+    )
+    batch_size: int | Literal["auto"] = Field(
+        "auto", description="Prompts per generate call. auto: 8 on CPU, 32 for hf on GPU, 64 for vllm."
+    )
+    num_actors: int | Literal["auto"] = Field(
+        "auto", description="Engine actors. auto: one per GPU on a GPU cluster, else (CPUs - 1) // threads, at least 1."
+    )
+    device: Literal["auto", "cpu", "gpu"] = Field(
+        "auto", description="hf engine: auto uses GPU actors when the cluster has GPUs. gpu without GPUs is an error."
+    )
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="hf engine: auto is bf16 on GPU, fp32 on CPU (vllm picks its own dtype)."
+    )
+
+    @field_validator("users", mode="after")
+    @classmethod
+    def _users(cls, v: int | float | str) -> int | float | str:
+        if isinstance(v, str):  # from a flag: "500" and "0.1" are a count and a share
+            text = v.strip()
+            for kind in (int, float):
+                try:
+                    v = kind(text)
+                    break
+                except ValueError:
+                    continue
+            else:
+                name, eq, value = text.removeprefix("segment:").partition("=")
+                if text == "all" or (text.startswith("segment:") and eq and name and value):
+                    return text
+                raise ValueError("must be 'all', a share in (0, 1], a count >= 1, or 'segment:NAME=VALUE'")
+        if isinstance(v, bool):
+            raise ValueError("must be 'all', a share in (0, 1], a count >= 1, or 'segment:NAME=VALUE'")
+        if isinstance(v, int):
+            if v < 1:
+                raise ValueError("a count of users must be at least 1")
+            return v
+        if not 0 < v <= 1:
+            raise ValueError("a share of users must be in (0, 1]")
+        return v
+
+
+class FeedbackConfig(_Strict):
+    """How the feedback log (inputs.feedback: impressions, clicks, dismissals) enters the run."""
+
+    # A month: long enough that a dismissed item does not come back the next night, short
+    # enough that a changed taste is not locked out for good.
+    dismiss_days: float = Field(
+        30.0, gt=0,
+        description="A dismissed item is left out of the user's recommendations while the dismissal is at "
+        "most this many days older than the newest timestamp in the log and the feedback.",
+    )
+    ignored_impressions: int | None = Field(
+        None, ge=1,
+        description="An item shown to a user this many times within dismiss_days, never clicked, is left "
+        "out like a dismissal. None: impressions are counted, not used.",
+    )
 
 
 class OutputConfig(_Strict):
     path: str = Field("out", description="Output root: runs/<run_id>/ and LATEST go here.")
     run_id: str | None = Field(None, description="None: a UTC timestamp plus a short random suffix.")
+    keep: int | None = Field(
+        None, ge=1,
+        description="Retention: after publishing, delete all but the newest N published runs (never the "
+        "one LATEST names). None: keep every run.",
+    )
+    embedding_cache: bool = Field(
+        True,
+        description="Reuse item vectors from <path>/embedding-cache/ for items whose rendered text and "
+        "encoder are unchanged; embed only the rest.",
+    )
+    lock_ttl_seconds: float = Field(
+        150.0, gt=0,
+        description="A run holds <path>/.lock while it writes; a holder silent this long (or whose process "
+        "on this host is gone) is taken to have died.",
+    )
 
     @field_validator("run_id")
     @classmethod
@@ -228,11 +386,33 @@ class OutputConfig(_Strict):
         return v
 
 
+class RefreshConfig(_Strict):
+    """What `chatrec refresh` (the nightly job) does with the run LATEST names."""
+
+    retrain: Literal["always", "never", "weekly", "log-growth"] = Field(
+        "log-growth",
+        description="When the matcher is trained again rather than reused from the previous run: always; "
+        "never (reuse while one exists); weekly (when the reused one is 7 days old); log-growth (when the "
+        "log has grown by retrain_log_growth since it was trained).",
+    )
+    retrain_log_growth: float = Field(
+        0.1, gt=0, description="log-growth: retrain once the interaction log is this share larger."
+    )
+
+
 class RayConfig(_Strict):
     address: str | None = Field(
         None, description="None: RAY_ADDRESS if set, else start a local Ray (the laptop default)."
     )
     num_cpus: int | None = Field(None, ge=1, description="Local Ray only: CPUs to use (None: all).")
+    # Starting an encoder actor pool costs ~8 s on 2 cores (worker start, model load), while
+    # 37 texts take ~0.5 s to encode: a nightly refresh's few changed items and users are
+    # done in the driver (bench/refresh.py measured embed-items 7.9 s in a pool).
+    in_driver_below: int = Field(
+        512, ge=0,
+        description="In a refresh, items or users to embed below this count are embedded in the driver process "
+        "instead of an actor pool (CPU encoders only). 0: always use the pool.",
+    )
 
 
 class ChatrecConfig(_Strict):
@@ -243,6 +423,9 @@ class ChatrecConfig(_Strict):
     matcher: MatcherConfig = MatcherConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
     output: OutputConfig = OutputConfig()
+    refresh: RefreshConfig = RefreshConfig()
+    rerank: RerankConfig = RerankConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
     ray: RayConfig = RayConfig()
 
     @model_validator(mode="after")
@@ -253,6 +436,8 @@ class ChatrecConfig(_Strict):
                 f"history.max_items ({self.history.max_items}) is below matcher.max_history ({m.max_history}): "
                 "the user tower would read shorter histories than it was trained on; raise history.max_items"
             )
+        if m.from_run and not m.enabled:
+            raise ValueError("matcher.from_run names a trained matcher to score with, but matcher.enabled is false")
         if m.enabled and self.history.profile_weight > 0:
             raise ValueError(
                 "history.profile_weight blends profiles into the zero-shot user vector, which the matcher "
@@ -260,15 +445,31 @@ class ChatrecConfig(_Strict):
             )
         if m.dim % m.heads:
             raise ValueError(f"matcher.dim ({m.dim}) must be divisible by matcher.heads ({m.heads})")
+        r = self.rerank
+        if r.enabled and r.model is None:
+            raise ValueError(
+                "rerank.enabled needs rerank.model: a Hugging Face causal LM id or a local directory "
+                "(`chatrec models tiny-lm --dest DIR` writes a tiny one for trying the stage)"
+            )
+        if r.enabled and r.candidates < self.retrieval.top_k:
+            raise ValueError(
+                f"rerank.candidates ({r.candidates}) is below retrieval.top_k ({self.retrieval.top_k}): the "
+                "model reorders N candidates into the top K, so N must be at least K"
+            )
+        if r.enabled and isinstance(r.users, str) and r.users.startswith("segment:") and self.inputs.users is None:
+            raise ValueError(f"rerank.users {r.users!r} selects by a users-table attribute, but inputs.users is not set")
         return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
     def sha256(self) -> str:
-        """Hash of the resolved configuration (run-specific output keys excluded)."""
+        """Hash of what decides a run's results: the run id, retention, locking, the cache
+        switch and where Ray runs are left out (an interrupted run may resume on another
+        cluster or with another retention)."""
         data = self.to_dict()
-        data["output"] = {k: v for k, v in data["output"].items() if k != "run_id"}
+        data["output"] = {"path": data["output"]["path"]}
+        data.pop("ray")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -297,7 +498,7 @@ def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> None:
 
     inputs = raw.get("inputs")
     if isinstance(inputs, dict):
-        for key in ("items", "interactions", "users"):
+        for key in ("items", "interactions", "users", "feedback"):
             table = inputs.get(key)
             if isinstance(table, (str, list)):
                 inputs[key] = {"path": table}
@@ -318,6 +519,13 @@ def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> None:
         model = encoder["model"]
         if model.startswith((".", "/")) and "://" not in model:
             encoder["model"] = fix(model)
+    matcher = raw.get("matcher")
+    if isinstance(matcher, dict) and isinstance(matcher.get("from_run"), str):
+        matcher["from_run"] = fix(matcher["from_run"])
+    rerank = raw.get("rerank")
+    if isinstance(rerank, dict) and isinstance(rerank.get("model"), str):
+        if rerank["model"].startswith((".", "/")) and "://" not in rerank["model"]:
+            rerank["model"] = fix(rerank["model"])
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

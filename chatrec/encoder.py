@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 # Plain periodic progress lines (not bars): they read well in `ray job submit` logs.
 PROGRESS_EVERY_S = 30.0
+# How token vectors become a text vector; part of what a cached item vector depends on.
+POOLING = "mean+l2"
 
 
 def count_truncated(model: str, texts: list[str], max_length: int) -> int:
@@ -55,6 +57,19 @@ def fixed_size_list_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
         column = column.combine_chunks()
     dim = column.type.list_size
     return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
+
+
+def import_model_code(model_dir) -> None:
+    """Import the transformers module of the model in `model_dir` now (about 2 s for BERT in
+    a fresh process), so that a later TextEncoder in this process starts at once. Called
+    from a thread while Ray starts; best effort: a failure here surfaces later, where it
+    has its proper message."""
+    try:
+        from transformers import AutoConfig, AutoModel
+
+        AutoModel._model_mapping[type(AutoConfig.from_pretrained(model_dir))]
+    except Exception:  # noqa: BLE001 - only a warm-up
+        logger.debug("warm-up import of the encoder failed", exc_info=True)
 
 
 class TextEncoder:

@@ -6,8 +6,10 @@ timestamp are broken by item_id so the same log always gives the same history.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
@@ -34,10 +36,13 @@ def build_histories(
     max_items: int,
     extra_user_ids: pa.Array | None = None,
     users: pa.Table | None = None,
+    excluded: pa.Table | None = None,
 ) -> UserPopulation:
     """interactions (schemas.INTERACTIONS) + item rows -> histories and fallback users.
 
     With a users table (schemas.USERS), each history carries the user's profile text.
+    `excluded` (user_id, item_id; e.g. dismissed items, chatrec.feedback) joins those users'
+    `seen_rows`, so the top-K stage leaves the items out; it is not history.
     """
     rows = pl.from_arrow(item_text.select(["item_id", "row"]))
     log = pl.from_arrow(interactions).join(rows, on="item_id", how="inner")
@@ -53,6 +58,19 @@ def build_histories(
         )
         .sort("user_id")
     )
+    if excluded is not None and excluded.num_rows:
+        extra_rows = (
+            pl.from_arrow(excluded.select(["user_id", "item_id"]))
+            .join(rows, on="item_id", how="inner")
+            .group_by("user_id")
+            .agg(pl.col("row").alias("__excluded"))
+        )
+        histories = histories.join(extra_rows, on="user_id", how="left", maintain_order="left").with_columns(
+            pl.concat_list("seen_rows", pl.col("__excluded").fill_null(pl.lit([], dtype=pl.List(pl.Int32))))
+            .list.unique()
+            .list.sort()
+            .alias("seen_rows")
+        ).drop("__excluded")
     if users is not None and users.num_rows:
         profiles = pl.from_arrow(users).select(
             "user_id", pl.col("attributes").list.join(". ").alias("profile_text")
@@ -60,6 +78,7 @@ def build_histories(
         histories = histories.join(profiles, on="user_id", how="left", maintain_order="left")
     else:
         histories = histories.with_columns(pl.lit(None, dtype=pl.String).alias("profile_text"))
+    histories = histories.with_columns(pl.lit(None, dtype=pl.Int64).alias("history_key"))
     known = set(histories["user_id"].to_list())
     extra = [] if extra_user_ids is None else extra_user_ids.to_pylist()
     fallback = sorted({u for u in extra if u is not None and u not in known})
@@ -67,6 +86,45 @@ def build_histories(
         histories=histories.to_arrow().cast(schemas.HISTORIES),
         fallback_user_ids=pa.array(fallback, pa.string()),
     )
+
+
+def history_keys(histories: pa.Table, item_keys: np.ndarray, tower_key: str) -> np.ndarray:
+    """(n_users,) int64 fingerprints of each user's vector inputs: the tower (`tower_key`),
+    the recent items in order (`item_keys`: (n_items,) uint64 per catalogue row, from item id
+    and text hash) and the profile text. Equal keys mean the user stage would compute the
+    same vector again."""
+    recent = histories.column("recent_rows").combine_chunks()
+    offsets = recent.offsets.to_numpy().astype(np.int64)  # (n + 1,)
+    rows = recent.flatten().to_numpy(zero_copy_only=False).astype(np.int64)  # (total,)
+    position = np.arange(len(rows)) - np.repeat(offsets[:-1], np.diff(offsets))  # (total,) 0 = newest
+    with np.errstate(over="ignore"):
+        # Order matters: each item's key is mixed with its position before the per-user sum.
+        mixed = _mix64(item_keys[rows] ^ _mix64(position.astype(np.uint64) + np.uint64(1)))  # (total,)
+        sums = np.zeros(len(offsets) - 1, np.uint64)
+        np.add.at(sums, np.repeat(np.arange(len(offsets) - 1), np.diff(offsets)), mixed)
+        profiles = np.array([_key64(p or "") for p in histories.column("profile_text").to_pylist()], np.uint64)
+        keys = _mix64(sums ^ _mix64(profiles) ^ np.uint64(_key64(tower_key)))
+    return keys.view(np.int64)
+
+
+def item_keys(item_text: pa.Table) -> np.ndarray:
+    """(n_items,) uint64 per catalogue row from its id and text hash."""
+    return np.array(
+        [_key64(f"{i}\x00{h}") for i, h in zip(item_text.column("item_id").to_pylist(),
+                                              item_text.column("text_sha256").to_pylist())],
+        np.uint64,
+    )
+
+
+def _key64(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: spreads every input bit over the output (uint64, wrapping)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
 def item_popularity(interactions: pa.Table, item_text: pa.Table) -> pa.Table:

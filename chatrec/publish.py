@@ -9,6 +9,12 @@ runs/ in one step, then LATEST is replaced atomically. On object stores, where a
 a copy, the run is written in place and LATEST (one small object written last) is the
 commit point: readers that follow LATEST never see a partial run. A published run is never
 overwritten; a failed run leaves LATEST untouched and its staging directory in place.
+
+Resume: each stage that writes tables ends by writing a completion marker,
+`_stages/<stage>.json`. A new attempt with the same run id and the same configuration
+finds the staging directory, keeps what the markers vouch for, deletes the tables of the
+stage that was cut short and redoes only that and what follows. A marker is written only
+after its stage's files are complete, so a marker never vouches for a partial table.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 LATEST = "LATEST"
 WORK_DIR = "_work"  # intermediate tables; removed before commit
+STAGES_DIR = "_stages"  # completion markers; removed before commit
+ATTEMPT_FILE = "attempt.json"  # what the staged run was started with
 
 
 class RunOutput:
@@ -72,20 +80,82 @@ class RunOutput:
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    def prepare(self) -> None:
-        if self.fs.get_file_info(self.final_dir).type != pafs.FileType.NotFound and (
-            self.local or self.fs.get_file_info(posixpath.join(self.final_dir, "manifest.json")).type
-            != pafs.FileType.NotFound
-        ):
+    def published(self) -> bool:
+        info = self.fs.get_file_info(self.final_dir)
+        if info.type == pafs.FileType.NotFound:
+            return False
+        if self.local:
+            return True
+        manifest = posixpath.join(self.final_dir, "manifest.json")
+        return self.fs.get_file_info(manifest).type != pafs.FileType.NotFound
+
+    def prepare(self, *, config_sha256: str | None = None) -> list[str]:
+        """Make the staging directory ready. Returns the stages an interrupted earlier attempt
+        with this run id and configuration completed (to be skipped), or [] for a fresh start.
+        Without `config_sha256` the run is not resumable: an earlier attempt is cleared."""
+        if self.published():
             raise PublishError(
                 f"run {self.run_id!r} is already published at {self.published_path()}; "
                 "published runs are never overwritten: choose another run id"
             )
+        attempt = self._read_json(posixpath.join(self.staging_dir, STAGES_DIR, ATTEMPT_FILE))
+        if attempt is not None and config_sha256 is not None:
+            if attempt.get("config_sha256") != config_sha256:
+                raise PublishError(
+                    f"run {self.run_id!r} has an interrupted attempt at {self.staging_dir} made with another "
+                    "configuration: it cannot be resumed with this one. Use a new run id, or delete that "
+                    "directory to start this run id over"
+                )
+            done = self.completed_stages()
+            logger.info("resuming run %s: stages already complete: %s", self.run_id, ", ".join(done) or "none")
+            return done
         if self.fs.get_file_info(self.staging_dir).type != pafs.FileType.NotFound:
-            # A crashed attempt with the same id: its partial output is not reused.
+            # Cut short before it recorded its configuration: nothing in it can be vouched for.
             logger.warning("removing partial output of an earlier attempt at %s", self.staging_dir)
             self.fs.delete_dir(self.staging_dir)
-        self.fs.create_dir(self.staging_dir, recursive=True)
+        self.fs.create_dir(posixpath.join(self.staging_dir, STAGES_DIR), recursive=True)
+        self.write_json(f"{STAGES_DIR}/{ATTEMPT_FILE}", {"run_id": self.run_id, "config_sha256": config_sha256})
+        return []
+
+    # -- stage markers ------------------------------------------------------------------
+
+    def completed_stages(self) -> list[str]:
+        directory = posixpath.join(self.staging_dir, STAGES_DIR)
+        if self.fs.get_file_info(directory).type != pafs.FileType.Directory:
+            return []
+        names = [posixpath.basename(i.path)[: -len(".json")] for i in self.fs.get_file_info(pafs.FileSelector(directory))
+                 if i.path.endswith(".json")]
+        return sorted(n for n in names if n != ATTEMPT_FILE[: -len(".json")])
+
+    def stage_record(self, stage: str) -> dict | None:
+        """What a completed stage recorded in its marker, or None if it did not complete."""
+        return self._read_json(posixpath.join(self.staging_dir, STAGES_DIR, f"{stage}.json"))
+
+    def mark_complete(self, stage: str, record: dict) -> None:
+        """Vouch for a stage's outputs. Call only after every file of the stage is written."""
+        self.write_json(f"{STAGES_DIR}/{stage}.json", record)
+
+    def reset(self, *names: str) -> None:
+        """Delete staged tables/files of a stage about to be (re)done: a killed attempt may have
+        left some of their files."""
+        for name in names:
+            path = posixpath.join(self.staging_dir, name)
+            info = self.fs.get_file_info(path)
+            if info.type == pafs.FileType.Directory:
+                self.fs.delete_dir(path)
+            elif info.type == pafs.FileType.File:
+                self.fs.delete_file(path)
+
+    def read_bytes(self, name: str) -> bytes:
+        with self.fs.open_input_stream(posixpath.join(self.staging_dir, name)) as f:
+            return f.read()
+
+    def _read_json(self, path: str) -> dict | None:
+        try:
+            with self.fs.open_input_stream(path) as f:
+                return json.loads(f.read().decode())
+        except FileNotFoundError:
+            return None
 
     def write_table(self, name: str, table: pa.Table, *, file_name: str = "part-00000.parquet") -> None:
         directory = posixpath.join(self.staging_dir, name)
@@ -119,17 +189,52 @@ class RunOutput:
             f.write(data)
 
     def write_json(self, name: str, data: dict) -> None:
-        with self.fs.open_output_stream(posixpath.join(self.staging_dir, name)) as f:
-            f.write(json.dumps(data, indent=2, sort_keys=False).encode() + b"\n")
+        """A JSON file in the staging run, whole or not at all (markers must never be torn)."""
+        payload = json.dumps(data, indent=2, sort_keys=False).encode() + b"\n"
+        path = posixpath.join(self.staging_dir, name)
+        if self.local:
+            tmp = f"{path}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(payload)
+            os.replace(tmp, path)
+        else:
+            with self.fs.open_output_stream(path) as f:
+                f.write(payload)
 
     def commit(self) -> None:
         """Make the run visible: move it into runs/ (local) and write LATEST last."""
-        work = posixpath.join(self.staging_dir, WORK_DIR)
-        if self.fs.get_file_info(work).type != pafs.FileType.NotFound:
-            self.fs.delete_dir(work)
+        self.reset(WORK_DIR)
         if self.local:
             os.makedirs(posixpath.dirname(self.final_dir), exist_ok=True)
             os.rename(self.staging_dir, self.final_dir)  # atomic within one filesystem
+        # The markers served resume only; a run cut short right here is finished by
+        # `commit_pending` on the next attempt.
+        markers = posixpath.join(self.final_dir, STAGES_DIR)
+        if self.fs.get_file_info(markers).type != pafs.FileType.NotFound:
+            self.fs.delete_dir(markers)
+        self.write_latest()
+
+    def commit_pending(self) -> bool:
+        """True when this run was moved into runs/ but LATEST was never pointed at it (the
+        driver died between the two) and no newer run has been published since."""
+        if not self.published():
+            return False
+        latest = read_latest(self.root_uri)
+        if latest is not None and posixpath.basename(latest.rstrip("/")) == self.run_id:
+            return False
+        ours = self._read_json(posixpath.join(self.final_dir, "manifest.json")) or {}
+        if latest is None:
+            return True
+        fs, path = filesystem_for(latest)
+        try:
+            with fs.open_input_stream(posixpath.join(path, "manifest.json")) as f:
+                theirs = json.loads(f.read().decode())
+        except FileNotFoundError:
+            return True
+        return str(ours.get("created_at", "")) > str(theirs.get("created_at", ""))
+
+    def write_latest(self) -> None:
+        if self.local:
             tmp = posixpath.join(self.root, f".{LATEST}.{self.run_id}.tmp")
             with open(tmp, "w") as f:
                 f.write(f"runs/{self.run_id}\n")
@@ -140,6 +245,9 @@ class RunOutput:
             with self.fs.open_output_stream(posixpath.join(self.root, LATEST)) as f:
                 f.write(f"runs/{self.run_id}\n".encode())
         logger.info("published run %s at %s", self.run_id, self.published_path())
+
+    def published_manifest(self) -> dict:
+        return self._read_json(posixpath.join(self.final_dir, "manifest.json")) or {}
 
 
 def read_latest(root: str) -> str | None:

@@ -21,6 +21,7 @@ from chatrec.baselines.topk import top_k_excluding
 from chatrec.catalogue import ItemCatalogue
 from chatrec.encoder import PROGRESS_EVERY_S, fixed_size_list_to_numpy
 from chatrec.explain import because_rows, reason
+from chatrec.matcher.fusion import content_scores
 from chatrec.retrieval import ExactIndex, choose_backend
 
 logger = logging.getLogger(__name__)
@@ -47,9 +48,10 @@ class Recommender:
         fusion: dict | ray.ObjectRef | None = None,
     ) -> None:
         """`strategy` names the signal of the vectors ("content": text, "two-tower": the
-        matcher). `fusion` ({"fusion": Fusion, "collaborative": ItemItemModel}) switches to
-        the hybrid: exact dense scoring of every item, each row naming the signal that
-        carried it."""
+        matcher). `fusion` ({"fusion": Fusion, "collaborative": ItemItemModel}, optionally
+        "text": (n_items, d) unit text vectors and "id_less": (n_items,) bool, for the new-item
+        term) switches to the hybrid: exact dense scoring of every item, each row naming the
+        signal that carried it."""
         if threads:
             faiss.omp_set_num_threads(threads)
         # Fails with a clear message when a GPU actor's node has faiss-cpu only.
@@ -82,7 +84,7 @@ class Recommender:
         recent = [np.asarray(r, dtype=np.int64) for r in batch.column("recent_rows").to_pylist()]
         user_ids = batch.column("user_id").to_pylist()
         if self.fusion is not None:
-            rows_of, scores_of, explained = self._fused(queries, seen, user_ids)
+            rows_of, scores_of, explained = self._fused(queries, seen, user_ids, batch.column("recent_rows"))
         else:
             top = self.index.search_excluding(queries, self.top_k, seen)  # (n, k)
             rows_of, scores_of, explained = top.rows, top.scores, None
@@ -115,12 +117,14 @@ class Recommender:
                 "reason": pa.array(out_reason, pa.string()),
                 "strategy": pa.array(out_strategy, pa.string()),
                 "run_id": pa.array([self.run_id] * len(rows), pa.string()),
+                "explanation": pa.nulls(len(rows), pa.string()),  # the rerank stage's, when it runs
             },
             schema=schemas.RECOMMENDATIONS,
         )
 
-    def _fused(self, queries: np.ndarray, seen: list[np.ndarray], user_ids: list[str]):
-        """Exact hybrid top-K: every item scored by both signals (see chatrec.matcher.fusion)."""
+    def _fused(self, queries: np.ndarray, seen: list[np.ndarray], user_ids: list[str], recent_rows):
+        """Exact hybrid top-K: every item scored by both signals (see chatrec.matcher.fusion);
+        items without an id vector get the new-item term instead of EASE's."""
         fusion, collaborative = self.fusion["fusion"], self.fusion["collaborative"]
         n, n_items = len(queries), self.catalogue.size
         tower = queries @ self.catalogue.vectors.T  # (n, n_items)
@@ -130,16 +134,26 @@ class Recommender:
         if known.any():
             cf[known] = collaborative.scores(codes[known])
         tower_term, cf_term = fusion.terms(tower, cf)  # (n, n_items) each
+        text_term = np.zeros_like(tower)  # (n, n_items): the new-item text term, 0 for items with an id
+        id_less = self.fusion.get("id_less")
+        fused = tower_term + cf_term  # (n, n_items)
+        if id_less is not None and id_less.any() and (fusion.cold_weight > 0 or fusion.cold_offset != 0):
+            recent = recent_rows.combine_chunks() if isinstance(recent_rows, pa.ChunkedArray) else recent_rows
+            content = content_scores(self.fusion["text"], recent)  # (n, n_items)
+            text_term, offset = fusion.new_item_terms(content, id_less)  # (n, n_items), (n_items,)
+            fused += text_term + offset[None, :]
         seen_matrix = sp.csr_matrix(
             (np.ones(sum(len(s) for s in seen), np.float32), np.concatenate(seen) if seen else [],
              np.concatenate([[0], np.cumsum([len(s) for s in seen])])),
             shape=(n, n_items),
         )
-        top = top_k_excluding(tower_term + cf_term, seen_matrix, self.top_k)  # (n, k)
+        top = top_k_excluding(fused, seen_matrix, self.top_k)  # (n, k)
         picked = np.maximum(top.codes, 0)  # (n, k)
         rows_idx = np.arange(n)[:, None]
         cf_picked = cf_term[rows_idx, picked]  # (n, k)
         carried = (cf_picked > 0) & (cf_picked > tower_term[rows_idx, picked])  # (n, k): collaborative won
+        text_picked = text_term[rows_idx, picked]  # (n, k)
+        by_text = (text_picked > 0) & (text_picked > tower_term[rows_idx, picked])  # (n, k): a new item's text won
         cf_because = np.full(top.codes.shape, -1, np.int64)
         if known.any():
             cf_because[known] = collaborative.because(codes[known], top.codes[known])
@@ -153,6 +167,8 @@ class Recommender:
                     out_because[j] = cf_because[u, j]
                     out_reasons[j] = f"often together with {titles[cf_because[u, j]]}"
                     out_strategy[j] = "collaborative"
+                elif by_text[u, j]:
+                    out_strategy[j] = "content"  # the reason stays the text-based one
             return out_because, out_reasons, out_strategy
 
         return top.codes, top.scores, explained
@@ -188,6 +204,7 @@ def popularity_rows(user_ids: list[str], popularity: pa.Table, *, top_k: int, ru
             "reason": pa.array(reasons * n, pa.string()),
             "strategy": pa.array(["popularity"] * (k * n), pa.string()),
             "run_id": pa.array([run_id] * (k * n), pa.string()),
+            "explanation": pa.nulls(k * n, pa.string()),
         },
         schema=schemas.RECOMMENDATIONS,
     )

@@ -15,7 +15,7 @@ from typing import Literal
 
 import ray
 
-from chatrec.config import EncoderConfig, MatcherConfig, RayConfig, RetrievalConfig
+from chatrec.config import EncoderConfig, MatcherConfig, RayConfig, RerankConfig, RetrievalConfig
 from chatrec.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -148,6 +148,15 @@ def retrieval_plan(cfg: RetrievalConfig, res: ClusterResources) -> ActorPlan:
 def user_plan(res: ClusterResources) -> ActorPlan:
     """User-tower actors: the recency-weighted mean is a numpy gather, CPU work."""
     return _cpu_pool("auto", _cpu_threads("auto", res), res)
+
+
+def rerank_plan(cfg: RerankConfig, res: ClusterResources) -> ActorPlan:
+    """Language-model actors of the rerank stage's hf engine: one per GPU with GPUs; on CPU,
+    sized like the encoder's pool (a causal LM's matmuls scale with threads as BERT's do)."""
+    if _use_gpu(cfg.device, res, "rerank.device"):
+        n = res.gpus if cfg.num_actors == "auto" else cfg.num_actors
+        return ActorPlan(num_actors=n, num_cpus=1, num_gpus=1, threads=None, device="cuda")
+    return _cpu_pool(cfg.num_actors, _cpu_threads("auto", res), res)
 
 
 def trainer_plan(cfg: MatcherConfig, res: ClusterResources) -> ActorPlan:

@@ -36,6 +36,16 @@ INTERACTIONS = pa.schema(
     ]
 )
 
+# The feedback log (inputs.feedback): what users did with published recommendations.
+FEEDBACK = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("timestamp", pa.int64(), nullable=False),
+        pa.field("event", pa.string(), nullable=False),  # impression | click | dismiss
+    ]
+)
+
 USERS = pa.schema(
     [
         pa.field("user_id", pa.string(), nullable=False),
@@ -73,6 +83,10 @@ HISTORIES = pa.schema(
         pa.field("history_len", pa.int32(), nullable=False),
         # "name: value. ..." from the users table; null without one.
         pa.field("profile_text", pa.string()),
+        # Fingerprint of everything the user vector is computed from (the user tower, the
+        # recent items and their texts, the profile): a refresh reuses a vector whose key
+        # is unchanged. Null until the user stage sets it.
+        pa.field("history_key", pa.int64()),
     ]
 )
 
@@ -106,13 +120,15 @@ def user_embeddings(dim: int) -> pa.Schema:
             pa.field("user_id", pa.string(), nullable=False),
             pa.field("embedding", embedding_type(dim), nullable=False),
             pa.field("history_len", pa.int32(), nullable=False),
+            pa.field("history_key", pa.int64()),  # as in HISTORIES
         ]
     )
 
 
 # `strategy` says which signal produced a row: "two-tower" (the matcher's towers) or
 # "collaborative" (recency-weighted EASE carried it, in fused scoring), "content" (zero-shot
-# text vectors, with the matcher off), "popularity" (users with no usable history), or a
+# text vectors, with the matcher off; in fused scoring, a new item whose zero-shot text
+# term carried it), "popularity" (users with no usable history), or a
 # baseline's name (`chatrec baseline`).
 RECOMMENDATIONS = pa.schema(
     [
@@ -124,5 +140,24 @@ RECOMMENDATIONS = pa.schema(
         pa.field("reason", pa.string(), nullable=False),
         pa.field("strategy", pa.string(), nullable=False),
         pa.field("run_id", pa.string(), nullable=False),
+        # The rerank stage's one-sentence explanation in the user's terms; null when no
+        # language model placed the item (stage off, user not selected, slot filled).
+        pa.field("explanation", pa.string()),
+    ]
+)
+
+# One row per user of a run with the rerank stage: what the language model's answer did.
+# status: used (every slot from the model) | partial (some slots filled from the top-K order)
+# | fallback (the top-K order) | not-selected (outside rerank.users or the token budget).
+# reason: why not fully used (not-json, wrong-count, unknown-title, ...); see chatrec.rerank.parsing.
+RERANK_STATUS = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("reason", pa.string()),
+        pa.field("question", pa.string()),  # a clarifying question for a conversational front end
+        pa.field("tokens_in", pa.int32(), nullable=False),  # 0 when no prompt was sent
+        pa.field("tokens_out", pa.int32(), nullable=False),
+        pa.field("llm_items", pa.int32(), nullable=False),  # slots the model's answer filled
     ]
 )

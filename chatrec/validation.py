@@ -317,3 +317,51 @@ def validate_users(raw: pa.Table, *, location: str) -> Validated:
     _raise_on_duplicates(clean, "user_id", "user")
     table = clean.select("user_id", _attributes(clean, attr_cols).alias("attributes")).sort("user_id")
     return Validated(table.to_arrow().cast(schemas.USERS), rejects_table(rejected), raw.num_rows)
+
+
+# -- feedback ---------------------------------------------------------------------------
+
+FEEDBACK_EVENTS = ("impression", "click", "dismiss")
+
+
+def validate_feedback(raw: pa.Table, *, location: str, item_ids: pa.Array) -> Validated:
+    """The feedback log in schemas.FEEDBACK, bad rows rejected.
+
+    The interaction log's row rules apply (ids, a known item, a parsable timestamp), plus the
+    event: trimmed and lower-cased, it must be one of FEEDBACK_EVENTS.
+    """
+    df = pl.from_arrow(raw)
+    _require_columns(df, ("user_id", "item_id", "timestamp", "event"), "feedback", location)
+    event = _as_text(df, "event", "text", location, join=" ")
+    known = pl.Series("known", item_ids.to_pylist(), dtype=pl.String)
+    df = df.with_columns(
+        pl.col("user_id").str.strip_chars(),
+        pl.col("item_id").str.strip_chars(),
+        _timestamp_seconds(df, location).alias("__ts"),
+        event.str.strip_chars().str.to_lowercase().alias("__event"),
+    )
+    clean, rejected = _split_rejects(
+        df,
+        _first_reason(
+            (_empty_id("user_id"), pl.lit("null id: user_id is null or empty")),
+            (_empty_id("item_id"), pl.lit("null id: item_id is null or empty")),
+            (
+                ~pl.col("item_id").is_in(known.implode()),
+                pl.lit("unknown item: item_id ") + pl.col("item_id") + pl.lit(" is not in the catalogue"),
+            ),
+            (pl.col("timestamp").is_null(), pl.lit("null timestamp: timestamp is null")),
+            (
+                pl.col("__ts").is_null(),
+                pl.lit("unparsable timestamp: ") + pl.col("timestamp").cast(pl.String) + pl.lit(" is neither seconds nor an ISO-8601 date"),
+            ),
+            (_empty_id("__event"), pl.lit("null event: event is null or empty")),
+            (
+                ~pl.col("__event").is_in(list(FEEDBACK_EVENTS)),
+                pl.lit("unknown event: ") + pl.col("__event") + pl.lit(f" is not one of {', '.join(FEEDBACK_EVENTS)}"),
+            ),
+        ),
+    )
+    table = clean.select("user_id", "item_id", pl.col("__ts").alias("timestamp"), pl.col("__event").alias("event"))
+    return Validated(
+        table.to_arrow().cast(schemas.FEEDBACK), rejects_table(rejected.drop("__ts", "__event")), raw.num_rows
+    )

@@ -35,13 +35,15 @@ def build_parser(
     parser.add_argument("--config", "-c", required=True, help="YAML config (see README, 'Configuration')")
     parser.add_argument("--run-id", help=f"run id (default: {default_run_id})")
     parser.add_argument("--output", "-o", help="output root, overriding output.path (a path or URI)")
+    parser.add_argument("--keep", type=int, metavar="N",
+                        help="after publishing, delete all but the newest N runs (never the one LATEST names)")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return parser
 
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The flags given, in the config file's shape."""
-    output = {k: v for k, v in (("path", args.output), ("run_id", args.run_id)) if v is not None}
+    output = {k: v for k, v in (("path", args.output), ("run_id", args.run_id), ("keep", args.keep)) if v is not None}
     return {"output": output} if output else {}
 
 
@@ -60,6 +62,7 @@ def run_summary(result: RunResult, output_root: str) -> dict[str, Any]:
         "cluster": manifest["cluster"],
         "stages": [{k: s[k] for k in ("name", "rows", "seconds")} for s in manifest["stages"]],
         "wall_seconds": manifest["wall_seconds"],
+        **{k: manifest[k] for k in ("refresh", "resumed_stages", "retention") if k in manifest},
     }
 
 

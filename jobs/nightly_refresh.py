@@ -1,21 +1,24 @@
-"""The nightly refresh. Today it is a full re-embed: the full job on the current catalogue
-and log, published under a fresh run id.
+"""The nightly refresh: today's catalogue and log, building on the run LATEST names.
 
-    python -m jobs.nightly_refresh --config CONFIG.yaml [--run-id ID] [--output LOC] [-v]
+    python -m jobs.nightly_refresh --config CONFIG.yaml [--run-id ID] [--output LOC] [--keep N] [-v]
 
-The incremental refresh (re-embed only the items whose text or model changed, from an
-embedding cache keyed by text hash and model fingerprint, and resume interrupted stages)
-is not built yet. Until it is, this job does exactly what jobs.full_run does, with a run id
-of its own, and its summary says "incremental": false. Schedulers can call it by its final
-name now; the day it becomes incremental, only the summary changes.
+Only items whose rendered text changed, or that are new, are embedded (the embedding cache
+serves the rest); removed items leave the index; the matcher is reused unless
+`refresh.retrain` calls for training; users whose history did not change keep their
+vectors; top-K is recomputed for every user, so new items reach anyone's list the same
+night through their text. The summary counts items added/changed/removed/reused and users
+recomputed, and names the previous run.
 
-A scheduler that passes the night as the run id (`--run-id nightly-2024-06-01`) gets
-exit code 4 from a retry of a night that already published, instead of a second run.
+A scheduler that passes the night as the run id (`--run-id nightly-2024-06-01`) gets:
+  - after a crash (driver killed, node lost): the retry resumes that night's run, skipping
+    the stages it completed;
+  - after a night that already published: exit code 4 instead of a second run.
+Two refreshes of one output at once: the second exits with code 4 (the output is locked).
 
     1. arguments and logging
     2. the config, with this night's run id (--run-id, or nightly-<UTC time>-<suffix>)
-    3. the full job (pipelines.full_run.run_job): every item is re-embedded
-    4. the summary, marked "incremental": false
+    3. the refresh (pipelines.full_run.run_job with refresh=True), then retention (--keep)
+    4. the summary
 """
 
 from __future__ import annotations
@@ -28,12 +31,6 @@ from chatrec.entrypoint import configure_logging, job_main
 from jobs.full_run import build_parser, overrides, run_summary
 
 JOB = "jobs.nightly_refresh"
-MODE = {
-    "incremental": False,
-    "mode": "full re-embed",
-    "note": "the incremental refresh (embedding cache, resumable stages) is not built yet: "
-    "every item was embedded again",
-}
 
 
 def nightly_run_id() -> str:
@@ -45,9 +42,9 @@ def nightly_run_id() -> str:
 def build_nightly_parser() -> argparse.ArgumentParser:
     return build_parser(
         JOB,
-        description="Nightly refresh. Today a FULL re-embed of the current catalogue and log under a "
-        "fresh run id: the incremental refresh (embedding cache, resumable stages) is not built yet, "
-        'and the JSON summary says "incremental": false.',
+        description="Nightly refresh: rerun on the current catalogue and log, reusing the run LATEST names "
+        "(embedding cache, matcher per refresh.retrain, unchanged users' vectors); top-K for every user. "
+        "A retry with the same --run-id resumes an interrupted night.",
         default_run_id="nightly-<UTC time>-<suffix>",
     )
 
@@ -62,10 +59,10 @@ def nightly_refresh(argv: list[str] | None = None) -> dict[str, Any]:
     # 2. config and run id
     args.run_id = args.run_id or nightly_run_id()
     cfg = load_config(args.config, overrides(args))
-    # 3. the full job
-    result = run_pipeline(cfg)
+    # 3. the refresh
+    result = run_pipeline(cfg, refresh=True)
     # 4. summary
-    return {**MODE, **run_summary(result, cfg.output.path)}
+    return {"incremental": True, **run_summary(result, cfg.output.path)}
 
 
 def main(argv: list[str] | None = None) -> int:

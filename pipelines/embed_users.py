@@ -6,16 +6,20 @@ published `user_embeddings/` table as a projection of it (three columns read bac
 
 from __future__ import annotations
 
+import posixpath
+
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import ray
 
 from chatrec import schemas
 from chatrec.runtime import ActorPlan
+from chatrec.sources import filesystem_for
 from pipelines.embed_items import blocks
 
-# Users per block: a block of 4096 users with 50-item histories gathers ~200k item vectors
-# (~300 MB at dim 384) at most; small enough for a worker, large enough to amortise a task.
-USERS_PER_BLOCK = 4096
+USERS_PER_BLOCK = 4096  # the default of history.users_per_block
 
 
 def embed_users(
@@ -27,20 +31,60 @@ def embed_users(
     plan: ActorPlan,
     work_path: str,
     out_path: str,
+    users_per_block: int = USERS_PER_BLOCK,
+    in_driver_below: int = 0,
 ) -> None:
     """Histories -> user vectors with the user tower `tower` (a Ray Data callable class:
-    RecencyMeanUserEncoder, or the matcher's MatcherUserEncoder), loaded once per actor."""
-    ds = ray.data.from_arrow(blocks(histories, USERS_PER_BLOCK)).map_batches(
-        tower,
-        fn_constructor_kwargs=tower_kwargs,
-        batch_size=USERS_PER_BLOCK,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=plan.num_actors),
-        num_cpus=plan.num_cpus,
-        num_gpus=plan.num_gpus,
-    )
-    ds.write_parquet(work_path)
+    RecencyMeanUserEncoder, or the matcher's MatcherUserEncoder), loaded once per actor.
+
+    Vectors already in `work_path` (reused by a refresh) are published with the new ones.
+    Fewer than `in_driver_below` users on CPU are embedded in the driver: starting the pool
+    would cost more than the work.
+    """
     published = schemas.user_embeddings(dim)
+    if histories.num_rows < in_driver_below and plan.device == "cpu":
+        fs, work = filesystem_for(work_path)
+        fs.create_dir(work, recursive=True)
+        if histories.num_rows:
+            pq.write_table(tower(**tower_kwargs)(histories), posixpath.join(work, "embedded-in-driver.parquet"),
+                           filesystem=fs)
+        out_fs, out = filesystem_for(out_path)
+        out_fs.create_dir(out, recursive=True)
+        vectors = pads.dataset(work, filesystem=fs, format="parquet").to_table(columns=published.names)
+        pq.write_table(vectors.cast(published), posixpath.join(out, "part-00000.parquet"), filesystem=out_fs)
+        return
+    if histories.num_rows:
+        ds = ray.data.from_arrow(blocks(histories, users_per_block)).map_batches(
+            tower,
+            fn_constructor_kwargs=tower_kwargs,
+            batch_size=users_per_block,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=plan.num_actors),
+            num_cpus=plan.num_cpus,
+            num_gpus=plan.num_gpus,
+        )
+        ds.write_parquet(work_path)
     ray.data.read_parquet(work_path, columns=published.names).map_batches(
         lambda t: t.cast(published), batch_format="pyarrow"
     ).write_parquet(out_path)
+
+
+def split_reusable(histories: pa.Table, previous: pa.Table | None, dim: int) -> tuple[pa.Table, pa.Table]:
+    """(user vectors reused from `previous`, histories still to embed).
+
+    `previous` is a published user_embeddings table (user_id, history_key, embedding); a
+    user's vector is reused when its history_key is unchanged.
+    """
+    schema = schemas.user_vectors(dim)
+    if previous is None or previous.num_rows == 0 or histories.num_rows == 0:
+        return schema.empty_table(), histories
+    before = previous.filter(pc.is_valid(previous.column("history_key")))
+    if before.num_rows == 0:
+        return schema.empty_table(), histories
+    at = pc.index_in(histories.column("user_id"), value_set=before.column("user_id"))  # (n,) row in before
+    found = pc.is_valid(at)
+    same = pc.and_kleene(found, pc.equal(histories.column("history_key"),
+                                         before.column("history_key").take(pc.fill_null(at, 0))))
+    same = pc.fill_null(same, False)
+    reused = histories.filter(same).append_column("embedding", before.column("embedding").take(at.filter(same)))
+    return reused.cast(schema), histories.filter(pc.invert(same))

@@ -1,21 +1,35 @@
 """The full job: inputs in, published top-K recommendations out.
 
-    1. connect to Ray and plan the actor pools
+    1. take the output's lock, connect to Ray and plan the actor pools
     2. read and validate inputs (rejects kept)
     3. render item texts
-    4. embed items (Ray Data encoder actors)
+    4. embed items (Ray Data encoder actors; the embedding cache serves unchanged texts)
+    4b. train the matcher (Ray Train), or reuse the previous run's in a refresh
     5. build user histories
-    6. embed users (Ray Data user-tower actors)
+    6. embed users (Ray Data user-tower actors; a refresh reuses unchanged users' vectors)
     7. top-K with exclusions and reasons (Ray Data FAISS actors), popularity fallback
-    8. write rejects and manifest, then publish atomically
+    7b. with rerank.enabled: a language model reorders the top N into the top K (pipelines/rerank.py)
+    8. write rejects and manifest, then publish atomically; retention
+
+Stages 4, 4b, 6, 7 and 7b end with a completion marker (chatrec.publish): a re-run of the same
+run id after a crash skips what is marked and redoes the rest. Stages 2, 3 and 5 take
+seconds and are always redone (their results are checked against the first attempt's).
+
+`refresh=True` is the nightly refresh: the run LATEST names is the previous run, its
+matcher is reused unless `refresh.retrain` says otherwise, and users whose inputs did not
+change keep their vectors. Top-K is always recomputed for every user (new items may enter
+anyone's list).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import logging
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 
@@ -30,13 +44,17 @@ from transformers import AutoConfig
 from chatrec import schemas
 from chatrec.catalogue import build_catalogue
 from chatrec.config import ChatrecConfig
-from chatrec.errors import InputDataError
-from chatrec.encoder import count_truncated, fixed_size_list_to_numpy, to_fixed_size_list
-from chatrec.histories import build_histories, item_popularity
+from chatrec.embedding_cache import EmbeddingCache, encoder_key
+from chatrec.errors import ConfigError, InputDataError, PublishError
+from chatrec.encoder import count_truncated, import_model_code, fixed_size_list_to_numpy, to_fixed_size_list
+from chatrec.histories import build_histories, history_keys, item_keys, item_popularity
 from chatrec.item_text import TEMPLATE_VERSION
 from chatrec.manifest import library_versions, new_run_id, utc_now
 from chatrec.model_loading import model_fingerprint, resolve_model_dir
+from chatrec.output_lock import OutputLock
+from chatrec.previous_run import PreviousRun
 from chatrec.publish import WORK_DIR, RunOutput
+from chatrec.retention import prune_runs
 from chatrec.recommender import popularity_rows
 from chatrec.retrieval import ExactIndex
 from chatrec.matcher.user_tower import MatcherUserEncoder
@@ -44,11 +62,13 @@ from chatrec.runtime import connect, encoder_plan, encoder_precision, retrieval_
 from chatrec.user_vectors import RecencyMeanUserEncoder
 from chatrec.stage_metrics import StageClock
 from chatrec.validation import reject_counts_by_kind
-from pipelines.embed_items import embed_items
-from pipelines.embed_users import embed_users
+from pipelines.embed_items import embed_items_cached
+from pipelines.embed_users import embed_users, split_reusable
 from pipelines.ingest import item_texts, read_inputs
 from pipelines.recommend import recommend
-from pipelines.train_matcher import MatcherArtifacts, matcher_artifacts, train_matcher
+from chatrec.rerank.stats import describe as rerank_detail
+from pipelines.rerank import rerank_stage
+from pipelines.train_matcher import MODEL_PARAMS, MatcherArtifacts, matcher_artifacts, saved_matcher, train_matcher
 
 logger = logging.getLogger(__name__)
 
@@ -65,14 +85,44 @@ def _read_embeddings(output: RunOutput, name: str, key: str) -> tuple[list[str],
     return table.column(key).to_pylist(), fixed_size_list_to_numpy(table.column("embedding"))
 
 
-def run_job(cfg: ChatrecConfig, *, baseline: str | None = None) -> RunResult:
+MATCHERS_DIR = "matchers"  # `chatrec train` publishes under <output>/matchers/, LATEST and all
+
+
+def run_job(cfg: ChatrecConfig, *, baseline: str | None = None, refresh: bool = False,
+            train_only: bool = False) -> RunResult:
     """Run the whole job on `cfg` and publish it. `baseline` names the run in its manifest
-    when it serves as an evaluation baseline (`chatrec baseline content`)."""
+    when it serves as an evaluation baseline (`chatrec baseline content`); `refresh` makes it
+    the nightly refresh (see the module docstring). `train_only` (`chatrec train`) stops after
+    the matcher and publishes it under <output>/matchers/, for `matcher.from_run`."""
+    if train_only and (not cfg.matcher.enabled or cfg.matcher.from_run):
+        raise ConfigError("chatrec train trains the matcher: set matcher.enabled: true and no matcher.from_run")
+    run_id = cfg.output.run_id or new_run_id()
+    root = f"{cfg.output.path.rstrip('/')}/{MATCHERS_DIR}" if train_only else cfg.output.path
+    output = RunOutput(root, run_id)
+    with OutputLock(root, run_id, ttl=cfg.output.lock_ttl_seconds):
+        if output.commit_pending():
+            # The driver died between moving the run into place and writing LATEST.
+            logger.info("run %s was complete but never made LATEST: publishing it now", run_id)
+            output.write_latest()
+            result = RunResult(run_id, output.published_path(), output.published_manifest())
+        else:
+            result = _run(cfg, output, baseline=baseline, refresh=refresh, train_only=train_only)
+        if cfg.output.keep is not None:
+            result.manifest["retention"] = {"keep": cfg.output.keep, "deleted": prune_runs(root, cfg.output.keep)}
+    return result
+
+
+def _run(cfg: ChatrecConfig, output: RunOutput, *, baseline: str | None, refresh: bool,
+         train_only: bool = False) -> RunResult:
     started = time.perf_counter()
     clock = StageClock()
-    run_id = cfg.output.run_id or new_run_id()
+    run_id = output.run_id
 
-    # 1. Ray and the actor pools
+    # 1. Ray and the actor pools; the staging directory (resumed if an attempt was cut short)
+    model_dir = resolve_model_dir(cfg.encoder.model)
+    if refresh and cfg.ray.in_driver_below:
+        # A refresh encodes its few changed items here: import the model code while Ray starts.
+        threading.Thread(target=import_model_code, args=(model_dir,), daemon=True).start()
     resources = connect(cfg.ray)
     enc_plan = encoder_plan(cfg.encoder, resources)
     precision = encoder_precision(cfg.encoder, enc_plan)
@@ -81,14 +131,15 @@ def run_job(cfg: ChatrecConfig, *, baseline: str | None = None) -> RunResult:
         "cluster: %d CPUs, %d GPUs on %d node(s); encoder %s, %s; top-K %s",
         resources.cpus, resources.gpus, resources.nodes, enc_plan.describe(), precision, topk_plan.describe(),
     )
-    model_dir = resolve_model_dir(cfg.encoder.model)
     fingerprint = model_fingerprint(model_dir)
-    output = RunOutput(cfg.output.path, run_id)
-    output.prepare()
+    done = set(output.prepare(config_sha256=cfg.sha256()))
+    previous = PreviousRun.latest(cfg.output.path) if refresh else None
+    if refresh:
+        logger.info("refresh: previous run %s", previous.run_id if previous else "none (first run: everything computed)")
 
     # 2. Read and validate
     with clock.stage("read+validate", "rows") as m:
-        inputs = read_inputs(cfg.inputs, cfg.item_text)
+        inputs = read_inputs(cfg.inputs, cfg.item_text, cfg.feedback)
         m.rows = inputs.items.rows_read + inputs.interactions.rows_read + (inputs.users.rows_read if inputs.users else 0)
         rejects = inputs.rejects()
         m.detail = f"{rejects.num_rows} rejected"
@@ -101,84 +152,137 @@ def run_job(cfg: ChatrecConfig, *, baseline: str | None = None) -> RunResult:
         truncated = count_truncated(cfg.encoder.model, texts.column("text").to_pylist(), cfg.encoder.max_length)
         m.rows = texts.num_rows
         m.detail = f"{truncated} truncated to {cfg.encoder.max_length} tokens"
+    _check_same_inputs(output, texts, inputs.interactions.table, inputs.users.table if inputs.users else None)
 
     # 4. Item embeddings
     dim = int(AutoConfig.from_pretrained(model_dir).hidden_size)
+    cache_key = encoder_key(fingerprint=fingerprint, max_length=cfg.encoder.max_length, precision=precision)
     with clock.stage("embed-items", "items") as m:
-        embed_items(
-            texts, encoder=cfg.encoder, plan=enc_plan, precision=precision,
-            fingerprint=fingerprint, dim=dim, out_path=output.path("item_embeddings"),
-        )
+        if "embed-items" in done:
+            embedding = output.stage_record("embed-items")
+            m.detail = "completed by an earlier attempt"
+        else:
+            output.reset("item_embeddings")
+            cache = EmbeddingCache(cfg.output.path, cache_key, dim) if cfg.output.embedding_cache else None
+            embedding = embed_items_cached(
+                texts, cache=cache, output=output, name="item_embeddings", fingerprint=fingerprint, dim=dim,
+                encoder=cfg.encoder, plan=enc_plan, precision=precision,
+                # Only a refresh: a full run's pools are what runs at scale, small data or not.
+                in_driver_below=cfg.ray.in_driver_below if previous is not None else 0,
+            )
+            embedding["cache_key"] = cache_key if cache is not None else None
+            output.mark_complete("embed-items", embedding)
+            m.detail = f"{embedding['embedded']} embedded, {embedding['reused']} from the embedding cache"
         item_ids, vectors = _read_embeddings(output, "item_embeddings", "item_id")
-        m.rows = len(item_ids)
+        m.rows = embedding["embedded"]
     if item_ids != texts.column("item_id").to_pylist():
         raise RuntimeError("item embeddings do not cover the catalogue one-to-one")  # internal bug
-    # 4b. The matcher: trained on the log, its item tower replaces the text vectors for scoring
+    text_fingerprint = hashlib.sha256(f"{cache_key}:{TEMPLATE_VERSION}".encode()).hexdigest()[:16]
+    # 4b. The matcher: trained on the log (or reused), its item tower replaces the text vectors
     matcher = None
     if cfg.matcher.enabled:
-        matcher = _train_matcher(cfg, clock, resources, output, run_id, vectors, item_ids,
-                                 pl.from_arrow(inputs.interactions.table))
+        matcher = _matcher(cfg, clock, resources, output, vectors, item_ids, pl.from_arrow(inputs.interactions.table),
+                           done=done, previous=previous, text_fingerprint=text_fingerprint)
         vectors = matcher.item_vectors
+    if train_only:
+        return _publish_matcher(cfg, output, clock, started, inputs, rejects, embedding, matcher, resources,
+                                model={"spec": cfg.encoder.model, "fingerprint": fingerprint, "dim": dim,
+                                       "max_length": cfg.encoder.max_length, "precision": precision})
     catalogue = build_catalogue(inputs.items.table, vectors, inputs.knowledge)
     catalogue_ref = ray.put(catalogue)
     index_ref = ray.put(ExactIndex.build(vectors).to_bytes())
 
-    # 5. Histories
+    # 5. Histories, each with the key of what its user vector is computed from
     with clock.stage("histories", "users") as m:
         extra_users = inputs.log_user_ids
         if inputs.users is not None:
             extra_users = pa.concat_arrays([extra_users, inputs.users.table.column("user_id").combine_chunks()])
         population = build_histories(
             inputs.interactions.table, texts, max_items=cfg.history.max_items, extra_user_ids=extra_users,
-            users=inputs.users.table if inputs.users is not None else None,
+            users=inputs.users.table if inputs.users is not None else None, excluded=inputs.exclusions,
         )
-        m.rows = population.histories.num_rows + len(population.fallback_user_ids)
+        profiles = cfg.history.profile_weight > 0 and inputs.users is not None
+        tower_key = json.dumps(
+            {"matcher": matcher.manifest.get("trained_in_run"), "params": matcher.manifest["params"]} if matcher
+            else {"content": cache_key, "half_life": cfg.history.half_life,
+                  "profile_weight": cfg.history.profile_weight if profiles else 0.0},
+            sort_keys=True,
+        )
+        histories = population.histories.set_column(
+            population.histories.schema.get_field_index("history_key"), "history_key",
+            pa.array(history_keys(population.histories, item_keys(texts), tower_key), pa.int64()),
+        )
+        m.rows = histories.num_rows + len(population.fallback_user_ids)
         m.detail = f"{len(population.fallback_user_ids)} without usable history"
 
     # 6. User embeddings
     with clock.stage("embed-users", "users") as m:
-        # Profiles need the text encoder in the user actors (and its GPU, if it has one).
-        profiles = cfg.history.profile_weight > 0 and inputs.users is not None
-        text_encoder = dict(
-            model=cfg.encoder.model, fingerprint=fingerprint, max_length=cfg.encoder.max_length,
-            batch_size=cfg.encoder.batch_size, device=enc_plan.device, precision=precision,
-            num_threads=enc_plan.threads,
-        ) if profiles else None
-        if matcher is not None:
-            tower, tower_kwargs = MatcherUserEncoder, dict(
-                catalogue=catalogue_ref, matcher=ray.put(matcher.user_tower), threads=user_plan(resources).threads
-            )
+        if "embed-users" in done:
+            users_record = output.stage_record("embed-users")
+            m.detail = "completed by an earlier attempt"
         else:
-            tower, tower_kwargs = RecencyMeanUserEncoder, dict(
-                catalogue=catalogue_ref, half_life=cfg.history.half_life,
-                profile_weight=cfg.history.profile_weight if profiles else 0.0, text_encoder=text_encoder,
+            output.reset(f"{WORK_DIR}/user_vectors", "user_embeddings")
+            reused, todo = split_reusable(
+                histories, previous.table("user_embeddings", ["user_id", "history_key", "embedding"]) if previous else None,
+                catalogue.dim,
             )
-        if population.histories.num_rows:
-            embed_users(
-                population.histories, tower=tower, tower_kwargs=tower_kwargs, dim=catalogue.dim,
-                plan=enc_plan if profiles and matcher is None else user_plan(resources),
-                work_path=output.path(f"{WORK_DIR}/user_vectors"), out_path=output.path("user_embeddings"),
-            )
-        m.rows = population.histories.num_rows
+            if reused.num_rows:
+                output.write_table(f"{WORK_DIR}/user_vectors", reused, file_name="reused.parquet")
+            if histories.num_rows:
+                embed_users(
+                    todo, **_user_tower(cfg, catalogue_ref, matcher, resources, enc_plan, precision, fingerprint, profiles),
+                    dim=catalogue.dim, users_per_block=cfg.history.users_per_block,
+                    in_driver_below=cfg.ray.in_driver_below if previous is not None else 0,
+                    work_path=output.path(f"{WORK_DIR}/user_vectors"), out_path=output.path("user_embeddings"),
+                )
+            users_record = {"recomputed": todo.num_rows, "reused": reused.num_rows}
+            output.mark_complete("embed-users", users_record)
+            m.detail = f"{reused.num_rows} reused from the previous run" if previous else ""
+        m.rows = users_record["recomputed"]
 
-    # 7. Top-K, reasons, fallback
+    # 7. Top-K, reasons, fallback. With the rerank stage: the top N candidates, to a work table.
+    topk_table = f"{WORK_DIR}/candidates" if cfg.rerank.enabled else "recommendations"
+    retrieval = cfg.retrieval.model_copy(update={"top_k": cfg.rerank.candidates}) if cfg.rerank.enabled else cfg.retrieval
     with clock.stage("top-k", "users") as m:
-        if population.histories.num_rows:
-            recommend(
-                user_vectors_path=output.path(f"{WORK_DIR}/user_vectors"), index_ref=index_ref,
-                catalogue_ref=catalogue_ref, retrieval=cfg.retrieval, plan=topk_plan, run_id=run_id,
-                out_path=output.path("recommendations"), strategy="two-tower" if matcher else "content",
-                fusion=ray.put(matcher.fusion) if matcher is not None and matcher.fusion else None,
-            )
         fallback = population.fallback_user_ids.to_pylist()
-        if fallback:
-            popularity = item_popularity(inputs.interactions.table, texts)
-            output.write_table(
-                "recommendations",
-                popularity_rows(fallback, popularity, top_k=cfg.retrieval.top_k, run_id=run_id),
-                file_name="popularity-fallback.parquet",
-            )
-        m.rows = population.histories.num_rows + len(fallback)
+        if "top-k" in done:
+            m.detail = "completed by an earlier attempt"
+        else:
+            output.reset(topk_table)
+            if histories.num_rows:
+                recommend(
+                    user_vectors_path=output.path(f"{WORK_DIR}/user_vectors"), index_ref=index_ref,
+                    catalogue_ref=catalogue_ref, retrieval=retrieval, plan=topk_plan, run_id=run_id,
+                    out_path=output.path(topk_table), strategy="two-tower" if matcher else "content",
+                    fusion=ray.put(matcher.fusion) if matcher is not None and matcher.fusion else None,
+                    users_per_block=cfg.history.users_per_block,
+                )
+            if fallback:
+                popularity = item_popularity(inputs.interactions.table, texts)
+                output.write_table(
+                    topk_table,
+                    popularity_rows(fallback, popularity, top_k=retrieval.top_k, run_id=run_id),
+                    file_name="popularity-fallback.parquet",
+                )
+            output.mark_complete("top-k", {"users": histories.num_rows + len(fallback)})
+        m.rows = histories.num_rows + len(fallback)
+
+    # 7b. Rerank (pipelines/rerank.py): a language model orders the N candidates into the top K
+    rerank = None
+    if cfg.rerank.enabled:
+        with clock.stage("rerank", "users") as m:
+            if "rerank" in done:  # the costliest stage of all: never paid twice
+                rerank = output.stage_record("rerank")
+            else:
+                output.reset("recommendations", "rerank_status")
+                rerank = rerank_stage(
+                    candidates_path=output.path(topk_table), out_path=output.path("recommendations"),
+                    status_path=output.path("rerank_status"), catalogue=catalogue, histories=histories,
+                    users=inputs.users.table if inputs.users is not None else None, item_text=texts,
+                    cfg=cfg.rerank, top_k=cfg.retrieval.top_k, run_id=run_id,
+                )
+                output.mark_complete("rerank", rerank)
+            m.rows, m.detail = rerank["users"]["total"], rerank_detail(rerank)
 
     # 8. Rejects, manifest, publish
     with clock.stage("publish", "tables") as m:
@@ -205,8 +309,11 @@ def run_job(cfg: ChatrecConfig, *, baseline: str | None = None) -> RunResult:
                 "precision": precision,
             },
             "item_text_template": TEMPLATE_VERSION,
+            "embedding_cache": {"key": embedding.get("cache_key"), "embedded": embedding["embedded"],
+                                "reused": embedding["reused"]},
             "matcher": matcher.manifest if matcher is not None else None,
             "top_k": cfg.retrieval.top_k,
+            "rerank": rerank,
             "inputs": {
                 "items": {"rows": inputs.items.rows_read, "valid": inputs.items.table.num_rows},
                 "interactions": {"rows": inputs.interactions.rows_read, "valid": inputs.interactions.table.num_rows},
@@ -218,20 +325,24 @@ def run_job(cfg: ChatrecConfig, *, baseline: str | None = None) -> RunResult:
                     {"knowledge_graph": {"item_facts_used": inputs.knowledge.triples_used}}
                     if inputs.knowledge is not None else {}
                 ),
+                **({"feedback": inputs.feedback_manifest()} if inputs.feedback is not None else {}),
             },
             "rejects": {"total": rejects.num_rows, "by_source": inputs.reject_counts(),
                         "by_reason": reject_counts_by_kind(rejects)},
             "items_truncated": truncated,
             "users": {
-                "covered": population.histories.num_rows + len(fallback),
-                "with_history": population.histories.num_rows,
+                "covered": histories.num_rows + len(fallback),
+                "with_history": histories.num_rows,
                 "popularity_fallback": len(fallback),
             },
+            **({"refresh": _refresh_record(previous, texts, embedding, users_record, matcher, cfg, fingerprint,
+                                           precision)} if refresh else {}),
+            "resumed_stages": sorted(done - {"inputs"}),
             "outputs": counts,
             "cluster": {"cpus": resources.cpus, "gpus": resources.gpus, "nodes": resources.nodes,
                         "encoder_actors": enc_plan.describe(), "topk_actors": topk_plan.describe()},
             "versions": library_versions(),
-            "examples": _examples(output, catalogue, population.histories, fallback),
+            "examples": _examples(output, catalogue, histories, fallback),
         }
         m.rows = len(counts)
     manifest["stages"] = clock.to_list()
@@ -241,17 +352,158 @@ def run_job(cfg: ChatrecConfig, *, baseline: str | None = None) -> RunResult:
     if matcher is not None and output.local:
         # The best weights are in the published run now; the training checkpoints are not needed.
         shutil.rmtree(os.path.join(output.root, MATCHER_CHECKPOINTS, run_id), ignore_errors=True)
+    if cfg.output.embedding_cache and embedding.get("cache_key"):
+        EmbeddingCache(cfg.output.path, embedding["cache_key"], dim).compact(texts.column("text_sha256"))
     return RunResult(run_id=run_id, run_dir=output.published_path(), manifest=manifest)
+
+
+def _publish_matcher(cfg, output, clock, started, inputs, rejects, embedding, matcher, resources, *, model) -> RunResult:
+    """`chatrec train`: publish the item vectors and the trained matcher, no recommendations."""
+    with clock.stage("publish", "tables") as m:
+        if rejects.num_rows:
+            output.write_table("rejects", rejects)
+        output.ensure_table("rejects", schemas.REJECTS)
+        counts = {name: output.count_rows(name) for name in ("item_embeddings", "rejects")}
+        manifest = {
+            "run_id": output.run_id, "created_at": utc_now(), "kind": "matcher",
+            "config": cfg.to_dict(), "config_sha256": cfg.sha256(), "model": model,
+            "item_text_template": TEMPLATE_VERSION,
+            "embedding_cache": {"key": embedding.get("cache_key"), "embedded": embedding["embedded"],
+                                "reused": embedding["reused"]},
+            "matcher": matcher.manifest,
+            "inputs": {"items": {"rows": inputs.items.rows_read, "valid": inputs.items.table.num_rows},
+                       "interactions": {"rows": inputs.interactions.rows_read,
+                                        "valid": inputs.interactions.table.num_rows}},
+            "rejects": {"total": rejects.num_rows, "by_source": inputs.reject_counts(),
+                        "by_reason": reject_counts_by_kind(rejects)},
+            "outputs": counts,
+            "cluster": {"cpus": resources.cpus, "gpus": resources.gpus, "nodes": resources.nodes},
+            "versions": library_versions(),
+        }
+        m.rows = len(counts)
+    manifest["stages"] = clock.to_list()
+    manifest["wall_seconds"] = round(time.perf_counter() - started, 3)
+    output.write_json("manifest.json", manifest)
+    output.commit()
+    if output.local:
+        shutil.rmtree(os.path.join(output.root, MATCHER_CHECKPOINTS, output.run_id), ignore_errors=True)
+    return RunResult(run_id=output.run_id, run_dir=output.published_path(), manifest=manifest)
+
+
+def _check_same_inputs(output: RunOutput, texts: pa.Table, log: pa.Table, users: pa.Table | None) -> None:
+    """A resumed attempt must see the inputs the first attempt saw: its marked stages were
+    computed from them."""
+    digest = hashlib.sha256()
+    for table in (texts.select(["item_id", "text_sha256"]), log, users):
+        if table is not None:
+            # Row hashes, not raw buffers: Arrow buffers may carry slack bytes of no meaning.
+            digest.update(pl.from_arrow(table).hash_rows(seed=0).to_numpy().tobytes())
+    key = digest.hexdigest()
+    first = output.stage_record("inputs")
+    if first is None:
+        output.mark_complete("inputs", {"sha256": key})
+    elif first["sha256"] != key:
+        raise PublishError(
+            f"run {output.run_id!r} has an interrupted attempt at {output.staging_dir} made from other input "
+            "data: it cannot be resumed with these inputs. Use a new run id, or delete that directory to start "
+            "this run id over"
+        )
+
+
+def _user_tower(cfg, catalogue_ref, matcher, resources, enc_plan, precision, fingerprint, profiles) -> dict:
+    """embed_users' tower, its kwargs and actor plan."""
+    if matcher is not None:
+        return dict(tower=MatcherUserEncoder, plan=user_plan(resources), tower_kwargs=dict(
+            catalogue=catalogue_ref, matcher=ray.put(matcher.user_tower), threads=user_plan(resources).threads))
+    # Profiles need the text encoder in the user actors (and its GPU, if it has one).
+    text_encoder = dict(
+        model=cfg.encoder.model, fingerprint=fingerprint, max_length=cfg.encoder.max_length,
+        batch_size=cfg.encoder.batch_size, device=enc_plan.device, precision=precision,
+        num_threads=enc_plan.threads,
+    ) if profiles else None
+    return dict(tower=RecencyMeanUserEncoder, plan=enc_plan if profiles else user_plan(resources), tower_kwargs=dict(
+        catalogue=catalogue_ref, half_life=cfg.history.half_life,
+        profile_weight=cfg.history.profile_weight if profiles else 0.0, text_encoder=text_encoder,
+    ))
+
+
+def _refresh_record(previous, texts, embedding, users_record, matcher, cfg, fingerprint, precision) -> dict:
+    """What the refresh reused and recomputed, against the previous run."""
+    if previous is None:
+        return {"previous_run": None, "items": {"added": texts.num_rows, "changed": 0, "removed": 0, "unchanged": 0,
+                                                 **{k: embedding[k] for k in ("embedded", "reused")}},
+                "users": users_record, "matcher": matcher.manifest.get("refresh") if matcher else None}
+    invalidated = previous.cache_invalidation(fingerprint=fingerprint, template=TEMPLATE_VERSION,
+                                              max_length=cfg.encoder.max_length, precision=precision)
+    return {
+        "previous_run": previous.location,
+        "items": {**previous.item_changes(texts), "embedded": embedding["embedded"], "reused": embedding["reused"]},
+        "embedding_cache_invalidated": invalidated,
+        "users": users_record,
+        "matcher": matcher.manifest.get("refresh") if matcher else None,
+    }
 
 
 MATCHER_CHECKPOINTS = ".matcher-checkpoints"
 
 
+def _matcher(cfg, clock, resources, output, text, item_ids, log, *, done, previous, text_fingerprint) -> MatcherArtifacts:
+    """The matcher's artifacts: from this run's staging (resume), the previous run (refresh
+    policy allows), or trained now with Ray Train. Its weights and item vectors go into the
+    run (matcher/)."""
+    params = {k: getattr(cfg.matcher, k) for k in MODEL_PARAMS}
+    if "train-matcher" in done:
+        with clock.stage("train-matcher", "examples") as m:
+            state = torch.load(io.BytesIO(output.read_bytes("matcher/model.pt")), weights_only=True, map_location="cpu")
+            artifacts = saved_matcher(state_dict=state, saved_ids=item_ids, record=output.stage_record("train-matcher"),
+                                      text=text, item_ids=item_ids, log=log)
+            m.detail = "completed by an earlier attempt"
+        return artifacts
+    output.reset("matcher")
+    if cfg.matcher.from_run:
+        trained = PreviousRun.at(cfg.matcher.from_run)
+        if (trained.manifest.get("matcher") or {}).get("text_fingerprint") != text_fingerprint:
+            raise ConfigError(
+                f"matcher.from_run {cfg.matcher.from_run}: that matcher was trained on other item text vectors "
+                "(another encoder, encoder settings or text template): train it again with this config"
+            )
+        why = None
+        previous = trained
+    else:
+        why = previous.retrain_reason(cfg.refresh, params=params, text_fingerprint=text_fingerprint,
+                                      log_rows=log.height) if previous is not None else "no previous run"
+    if previous is not None and why is None:
+        with clock.stage("train-matcher", "examples") as m:
+            state, saved_ids, record = previous.matcher_state()
+            artifacts = saved_matcher(state_dict=state, saved_ids=saved_ids, record=record,
+                                      text=text, item_ids=item_ids, log=log)
+            artifacts.manifest["refresh"] = {"retrained": False, "reused_from": previous.run_id,
+                                             "policy": "matcher.from_run" if cfg.matcher.from_run else cfg.refresh.retrain}
+            m.detail = f"reused from run {previous.run_id} (trained in {record['trained_in_run']})"
+    else:
+        artifacts = _train_matcher(cfg, clock, resources, output, output.run_id, text, item_ids, log)
+        artifacts.manifest.update(trained_in_run=output.run_id, trained_at=utc_now(), log_rows=log.height,
+                                  text_fingerprint=text_fingerprint,
+                                  refresh={"retrained": True, "reason": why, "policy": cfg.refresh.retrain})
+    buffer = io.BytesIO()
+    torch.save(artifacts.user_tower["state_dict"], buffer)
+    output.write_bytes("matcher/model.pt", buffer.getvalue())
+    # user_embeddings/ are in the matcher's space: these are the item vectors to score them by.
+    output.write_table("matcher", pa.table({
+        "item_id": pa.array(item_ids, pa.string()),
+        "embedding": to_fixed_size_list(artifacts.item_vectors),
+    }), file_name="item_vectors.parquet")
+    artifacts.manifest.update(checkpoint="matcher/model.pt", item_vectors="matcher/item_vectors.parquet",
+                              dim=int(artifacts.item_vectors.shape[1]))
+    output.mark_complete("train-matcher", artifacts.manifest)
+    return artifacts
+
+
 def _train_matcher(cfg, clock, resources, output, run_id, text, item_ids, log) -> MatcherArtifacts:
-    """Train the matcher with Ray Train and save its best weights into the run (matcher/)."""
+    """Train the matcher with Ray Train, then tune the fusion."""
     plan = trainer_plan(cfg.matcher, resources)
-    # Checkpoints live beside the runs, not in the staging run: a re-run with the same run id
-    # finds them and resumes (staging is cleared on a new attempt).
+    # Checkpoints live beside the runs, not in the staging run, so Ray Train's own resume
+    # finds them whatever happens to the staging directory.
     storage = f"{output.root_uri}/{MATCHER_CHECKPOINTS}" if not output.local else os.path.join(output.root, MATCHER_CHECKPOINTS)
     with clock.stage("train-matcher", "examples") as m:
         trained = train_matcher(text=text, item_ids=item_ids, log=log, cfg=cfg.matcher, plan=plan,
@@ -265,16 +517,6 @@ def _train_matcher(cfg, clock, resources, output, run_id, text, item_ids, log) -
         m.rows = len(item_ids)
         fusion = artifacts.manifest.get("fusion")
         m.detail = f"two-tower weight {fusion['weight']}" if fusion else "off"
-    buffer = io.BytesIO()
-    torch.save(trained.state_dict, buffer)
-    output.write_bytes("matcher/model.pt", buffer.getvalue())
-    # user_embeddings/ are in the matcher's space: these are the item vectors to score them by.
-    output.write_table("matcher", pa.table({
-        "item_id": pa.array(item_ids, pa.string()),
-        "embedding": to_fixed_size_list(artifacts.item_vectors),
-    }), file_name="item_vectors.parquet")
-    artifacts.manifest.update(checkpoint="matcher/model.pt", item_vectors="matcher/item_vectors.parquet",
-                              dim=int(artifacts.item_vectors.shape[1]))
     return artifacts
 
 

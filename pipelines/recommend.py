@@ -25,6 +25,7 @@ def recommend(
     out_path: str,
     strategy: str = "content",
     fusion: ray.ObjectRef | None = None,
+    users_per_block: int = USERS_PER_BLOCK,
 ) -> None:
     ds = ray.data.read_parquet(user_vectors_path).map_batches(
         Recommender,
@@ -39,7 +40,7 @@ def recommend(
             strategy=strategy,
             fusion=fusion,
         ),
-        batch_size=USERS_PER_BLOCK,
+        batch_size=users_per_block,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=plan.num_actors),
         num_cpus=plan.num_cpus,

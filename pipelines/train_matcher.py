@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 # leaves a single-item history, which teaches little and validates noisily.
 MIN_LENGTH_FOR_VALIDATION = 3
 MODEL_PARAMS = ("dim", "max_history", "heads", "layers", "dropout", "temperature", "lr", "weight_decay",
-                "batch_size", "max_epochs", "patience", "seed")
+                "batch_size", "max_epochs", "patience", "seed", "id_dropout")
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class TrainedMatcher:
     valid_log: pl.DataFrame  # the held-out interactions
     workers: str
     seconds: float
+    new_item_share: float = 0.0  # of the known items that pretend to be new when the fusion is tuned
 
     def manifest(self) -> dict:
         best = next(h for h in self.state["history"] if h["epoch"] == self.state["best_epoch"])
@@ -189,7 +190,8 @@ def train_matcher(
         state_dict = torch.load(os.path.join(path, BEST_FILE), weights_only=True, map_location="cpu")
         with open(os.path.join(path, STATE_FILE)) as f:
             state = json.load(f)
-    return TrainedMatcher(state_dict, params, state, data, train, valid, plan.describe(), time.perf_counter() - started)
+    return TrainedMatcher(state_dict, params, state, data, train, valid, plan.describe(), time.perf_counter() - started,
+                          cfg.new_item_validation_share)
 
 
 def _state_of(checkpoint: Checkpoint | None) -> dict | None:
@@ -217,7 +219,7 @@ def matcher_artifacts(
     fusion with recency-weighted EASE tuned on the same validation hold-out."""
     from chatrec.baselines.ease import MAX_EASE_ITEMS
     from chatrec.matcher.fusion import collaborative_model, tune_fusion
-    from chatrec.matcher.training import build_model, item_vectors, user_vectors
+    from chatrec.matcher.training import build_model, item_vectors, text_only_vectors, user_vectors
 
     model = build_model(n_items=len(item_ids), text_dim=text.shape[1], params=trained.params)
     model.load_state_dict(trained.state_dict)
@@ -234,13 +236,67 @@ def matcher_artifacts(
         seqs = trained.data.sequences
         index = {u: i for i, u in enumerate(seqs.user_ids)}
 
-        def tower_scores_of(user_ids: list[str]) -> np.ndarray:
+        text_only = text_only_vectors(model, torch.from_numpy(text))  # (n_items, dim)
+
+        def tower_scores_of(user_ids: list[str], against: torch.Tensor = items) -> np.ndarray:
             users = np.array([index[u] for u in user_ids], dtype=np.int64)
             hist = seqs.histories(users, seqs.lengths[users], trained.params["max_history"])  # (n, L)
-            return (user_vectors(model, items, hist) @ items.T).numpy()  # (n, n_items)
+            return (user_vectors(model, items, hist) @ against.T).numpy()  # (n, n_items)
 
+        has_id = trained.state_dict["has_id"].numpy()  # (n_items,)
+        new_items = {"text": text, "has_id": has_id, "share": trained.new_item_share, "seed": trained.params["seed"],
+                     "text_only_scores_of": lambda user_ids: tower_scores_of(user_ids, text_only)}
         tuned = tune_fusion(train_log=trained.train_log, valid_log=trained.valid_log, item_ids=item_ids,
-                            tower_scores_of=tower_scores_of)
-        fused = {"fusion": tuned, "collaborative": collaborative_model(log, item_ids, tuned)}
+                            tower_scores_of=tower_scores_of, new_items=new_items)
+        fused = {"fusion": tuned, "collaborative": collaborative_model(log, item_ids, tuned),
+                 "text": text, "id_less": ~has_id}
         manifest["fusion"] = tuned.manifest()
     return MatcherArtifacts(items.numpy(), spec, fused, manifest)
+
+
+def remap_item_rows(state_dict: dict[str, torch.Tensor], saved_ids: list[str], item_ids: list[str]) -> dict:
+    """A state dict trained on catalogue `saved_ids` -> the same model on `item_ids`.
+
+    Only the id embedding and its `has_id` mask are per item: an item both catalogues share
+    keeps its learned id vector; a new item gets none (its text places it, as for any item
+    without training interactions); a removed item's row is dropped.
+    """
+    if saved_ids == item_ids:
+        return state_dict
+    old_row = {item: row for row, item in enumerate(saved_ids)}
+    kept_new = [row for row, item in enumerate(item_ids) if item in old_row]  # rows in item_ids
+    kept_old = torch.tensor([old_row[item_ids[row]] for row in kept_new], dtype=torch.long)
+    kept_new = torch.tensor(kept_new, dtype=torch.long)
+    weight = state_dict["item_ids.weight"]  # (n_saved, dim)
+    ids = torch.zeros(len(item_ids), weight.shape[1], dtype=weight.dtype)  # (n_items, dim)
+    ids[kept_new] = weight[kept_old]
+    has_id = torch.zeros(len(item_ids), dtype=torch.bool)  # (n_items,)
+    has_id[kept_new] = state_dict["has_id"][kept_old]
+    return {**state_dict, "item_ids.weight": ids, "has_id": has_id}
+
+
+def saved_matcher(
+    *, state_dict: dict[str, torch.Tensor], saved_ids: list[str], record: dict,
+    text: np.ndarray, item_ids: list[str], log: pl.DataFrame,
+) -> MatcherArtifacts:
+    """Artifacts of a matcher trained earlier (`record`: its manifest entry, `saved_ids`: the
+    catalogue it was saved with) for the current catalogue and log: item vectors recomputed
+    from the current texts, the fusion's tuned weight and scales kept, and EASE refit on
+    `log` (the fit is deterministic, so a resumed run scores exactly as an uninterrupted one)."""
+    from chatrec.matcher.fusion import Fusion, collaborative_model
+    from chatrec.matcher.training import build_model, item_vectors
+
+    params = record["params"]
+    state_dict = remap_item_rows(state_dict, saved_ids, item_ids)
+    model = build_model(n_items=len(item_ids), text_dim=text.shape[1], params=params)
+    model.load_state_dict(state_dict)
+    with torch.no_grad():
+        items = item_vectors(model, torch.from_numpy(text)).numpy()  # (n_items, dim)
+    spec = {"state_dict": state_dict, "params": params, "n_items": len(item_ids), "text_dim": int(text.shape[1])}
+    fused = None
+    if record.get("fusion") and "tower_scale" in record["fusion"]:
+        fusion = Fusion.from_manifest(record["fusion"])
+        # A new item of this catalogue has no id vector (remap_item_rows): the new-item term.
+        fused = {"fusion": fusion, "collaborative": collaborative_model(log, item_ids, fusion),
+                 "text": text, "id_less": ~state_dict["has_id"].numpy()}
+    return MatcherArtifacts(items, spec, fused, dict(record))

@@ -37,8 +37,8 @@ def pipeline(monkeypatch):
     """Stands in for pipelines.full_run.run_job; records the config it was given."""
     calls = []
 
-    def fake(cfg):
-        calls.append(cfg)
+    def fake(cfg, refresh=False):
+        calls.append((cfg, refresh))
         manifest = {
             "users": {"covered": 2, "with_history": 2, "popularity_fallback": 0},
             "outputs": {"recommendations": 6}, "rejects": {"total": 0}, "cluster": {"cpus": 2},
@@ -108,24 +108,24 @@ def test_a_bug_exits_1_with_its_traceback_and_still_a_summary(config, monkeypatc
     assert summary["status"] == "failed" and summary["exit_code"] == 1
 
 
-def test_nightly_refresh_says_it_is_a_full_re_embed(config, pipeline, capsys):
+def test_nightly_refresh_runs_the_incremental_refresh_under_a_nightly_id(config, pipeline, capsys):
     with pytest.raises(SystemExit):
         nightly_refresh.main(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    assert "FULL re-embed" in help_text and '"incremental": false' in help_text
-    assert "incremental" in nightly_refresh.__doc__ and "not built yet" in nightly_refresh.__doc__
+    assert "--keep" in help_text and "resumes" in help_text
 
+    assert nightly_refresh.main(["--config", config, "--keep", "3"]) == 0
     assert nightly_refresh.main(["--config", config]) == 0
-    assert nightly_refresh.main(["--config", config]) == 0
-    first, second = pipeline
+    (first, refresh), (second, _) = pipeline
+    assert refresh is True and first.output.keep == 3 and second.output.keep is None
     # A fresh run id every night, even from the same config.
     assert first.output.run_id.startswith("nightly-") and second.output.run_id != first.output.run_id
     _, summary = outcome(capsys)
-    assert summary["job"] == "jobs.nightly_refresh" and summary["incremental"] is False
-    assert summary["mode"] == "full re-embed" and summary["run_id"] == second.output.run_id
+    assert summary["job"] == "jobs.nightly_refresh" and summary["incremental"] is True
+    assert summary["run_id"] == second.output.run_id
 
     assert nightly_refresh.main(["--config", config, "--run-id", "nightly-2024-06-01"]) == 0
-    assert pipeline[-1].output.run_id == "nightly-2024-06-01"
+    assert pipeline[-1][0].output.run_id == "nightly-2024-06-01"
 
 
 def test_evaluate_job_compares_a_run_with_its_baseline(tmp_path, capsys):

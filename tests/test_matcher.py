@@ -159,3 +159,63 @@ def test_a_rerun_of_the_same_name_resumes_instead_of_restarting(ray_cluster, tmp
     # A finished training is not repeated: the same state comes back.
     again = _train(tmp_path, "rerun")
     assert again.state == resumed.state
+
+
+def test_id_dropout_at_one_leaves_every_item_to_its_text_in_training_only():
+    torch.manual_seed(0)
+    model = build_model(n_items=5, text_dim=8, params={**PARAMS, "id_dropout": 1.0})
+    model.has_id.fill_(True)
+    torch.nn.init.normal_(model.item_ids.weight, std=1.0)  # id vectors large enough to matter
+    text, rows = torch.randn(5, 8), torch.arange(5)
+    model.train()
+    assert torch.allclose(model.items(text, rows), model.text_only(text))  # (5, dim)
+    model.eval()  # serving keeps the id vectors
+    assert not torch.allclose(model.items(text, rows), model.text_only(text))
+
+
+def test_an_item_without_an_id_is_scored_by_its_text_in_fused_scoring():
+    from chatrec.baselines.ease import EaseRecency
+    from chatrec.baselines.interaction_matrix import build_interaction_matrix
+    from chatrec.catalogue import ItemCatalogue
+    from chatrec.encoder import to_fixed_size_list
+    from chatrec.matcher.fusion import Fusion
+    from chatrec.recommender import Recommender
+    from chatrec.retrieval import ExactIndex
+    import pyarrow as pa
+
+    ids = ["a", "b", "c", "d"]  # d: no interactions, no id vector
+    tower = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], np.float32)
+    tower /= np.linalg.norm(tower, axis=1, keepdims=True)
+    text = np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 0, 1], [0, 0, 1]], np.float32)  # d's text is c's
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    log = _log([("u1", "c", 1), ("u2", "a", 1), ("u2", "b", 2), ("u2", "c", 3)])
+    matrix = build_interaction_matrix(log, item_universe=ids)
+    params = {"l2": 1.0, "tau": float("inf")}
+    catalogue = ItemCatalogue(item_ids=np.array(ids, dtype=object), vectors=tower, display_titles=ids,
+                              categories=[frozenset()] * 4, entities=[frozenset()] * 4, entity_items={})
+    batch = pa.table({"user_id": ["u1"], "embedding": to_fixed_size_list(np.array([[1, 0]], np.float32)),
+                      "seen_rows": pa.array([[2]], pa.list_(pa.int32())),
+                      "recent_rows": pa.array([[2]], pa.list_(pa.int32()))})
+
+    def top(text_weight: float) -> tuple[list, list]:
+        fusion = Fusion(1.0, 1.0, 1.0, params, [], text_weight, 1.0, 0.0)
+        rec = Recommender(index=ExactIndex.build(tower).to_bytes(), catalogue=catalogue, top_k=3,
+                          search_batch_size=8, run_id="r", backend="cpu", strategy="two-tower",
+                          fusion={"fusion": fusion, "collaborative": EaseRecency().fit(matrix, params),
+                                  "text": text, "id_less": np.array([False, False, False, True])})
+        out = rec(batch)
+        return out["item_id"].to_pylist(), out["strategy"].to_pylist()
+
+    # The tower alone prefers a and b; d's text matches the user's history (c) exactly.
+    assert top(0.0) == (["a", "b", "d"], ["two-tower"] * 3)
+    assert top(2.0) == (["d", "a", "b"], ["content", "two-tower", "two-tower"])
+
+
+def test_a_fusion_recorded_before_the_new_item_term_has_none():
+    from chatrec.matcher.fusion import Fusion
+
+    old = {"weight": 0.9, "ease": {"l2": 400, "tau": "inf"}, "tower_scale": 2.0, "collaborative_scale": 3.0}
+    fusion = Fusion.from_manifest(old)
+    assert (fusion.cold_weight, fusion.cold_offset) == (0.0, 0.0) and fusion.ease_params["tau"] == float("inf")
+    tuned = Fusion(0.9, 2.0, 3.0, {"l2": 400, "tau": 10}, [], 0.5, 4.0, 1.0, ({"text_weight": 0.5},))
+    assert Fusion.from_manifest(tuned.manifest()) == tuned

@@ -192,3 +192,60 @@ def test_the_matcher_trains_and_scores_inside_the_job(ray_cluster, tiny_model_di
     state = torch.load(os.path.join(result.run_dir, "matcher", "model.pt"), weights_only=True)
     assert state["item_ids.weight"].shape == (8, 16)
     assert not os.path.exists(tmp_path / "out" / ".matcher-checkpoints" / "m1")
+
+    # The nightly refresh reuses this matcher (the log did not grow): one item's text edited,
+    # one item added. Items both catalogues share keep their id vectors; the new one has none.
+    import pyarrow.parquet as pq
+
+    catalogue = pq.read_table(paths["items"]).to_pylist()
+    catalogue[7]["description"] = "red space ship night"  # e1
+    catalogue.append({**catalogue[0], "item_id": "f1", "title": "zeta drama"})
+    write_parquet(tmp_path / "items2.parquet", catalogue)
+    refreshed = run_job(config({**paths, "items": tmp_path / "items2.parquet"}, tmp_path / "out", tiny_model_dir,
+                               output__run_id="m2", matcher__enabled=True, matcher__max_epochs=2,
+                               matcher__dim=16, matcher__batch_size=32), refresh=True)
+    m = refreshed.manifest
+    assert m["refresh"]["matcher"] == {"retrained": False, "reused_from": "m1", "policy": "log-growth"}
+    assert m["matcher"]["trained_in_run"] == "m1" and m["refresh"]["items"]["embedded"] == 2
+    remapped = torch.load(os.path.join(refreshed.run_dir, "matcher", "model.pt"), weights_only=True)
+    assert remapped["item_ids.weight"].shape == (9, 16)
+    assert remapped["has_id"].tolist() == state["has_id"].tolist()[:8] + [False]  # f1 sorts last
+    before, after = (
+        dict(zip(t.column("item_id").to_pylist(), t.column("embedding").to_pylist()))
+        for t in (pq.read_table(os.path.join(d, "matcher", "item_vectors.parquet"))
+                  for d in (result.run_dir, refreshed.run_dir))
+    )
+    import numpy as np
+
+    assert all(np.allclose(after[i], before[i], atol=1e-6) for i in items if i != "e1")
+    assert not np.allclose(after["e1"], before["e1"], atol=1e-3)
+    # Users whose recent items kept their texts keep their vectors.
+    assert m["refresh"]["users"]["reused"] == sum(1 for u in seen if "e1" not in seen[u]) > 0
+
+
+def test_chatrec_train_publishes_a_matcher_that_runs_score_with(ray_cluster, tiny_model_dir, tmp_path, capsys):
+    paths = make_toy_catalogue(tmp_path)
+    items = ["a1", "a2", "b1", "b2", "c1", "c2", "d1", "e1"]
+    rows = [{"user_id": f"u{u:02d}", "item_id": items[(u + k) % 8], "timestamp": 10 * u + k}
+            for u in range(12) for k in range(4)]
+    paths["interactions"] = write_parquet(tmp_path / "log.parquet", rows)
+    matcher = {"enabled": True, "max_epochs": 1, "dim": 16, "batch_size": 32}
+    config_file = tmp_path / "train.yaml"
+    config_file.write_text(json.dumps({
+        "inputs": {"items": str(paths["items"]), "interactions": str(paths["interactions"])},
+        "encoder": {"model": str(tiny_model_dir), "max_length": 32}, "matcher": matcher,
+        "retrieval": {"top_k": 3}, "output": {"path": str(tmp_path / "out")},
+    }))
+    assert main(["train", "--config", str(config_file), "--run-id", "weekly", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["run_dir"] == str(tmp_path / "out" / "matchers" / "runs" / "weekly")
+    assert summary["matcher"]["epochs_run"] == 1
+    assert sorted(os.listdir(summary["run_dir"])) == ["item_embeddings", "manifest.json", "matcher", "rejects"]
+    assert not (tmp_path / "out" / "LATEST").exists()  # serving's LATEST is not a training run's
+
+    result = run_job(config(paths, tmp_path / "out", tiny_model_dir, output__run_id="scored", matcher__enabled=True,
+                            matcher__from_run=str(tmp_path / "out" / "matchers"), matcher__dim=16,
+                            matcher__max_epochs=1, matcher__batch_size=32))
+    assert result.manifest["matcher"]["trained_in_run"] == "weekly"
+    assert "fusion" not in [s["name"] for s in result.manifest["stages"]]  # nothing was trained here
+    assert len(recs_by_user(result.run_dir)) == 12

@@ -61,8 +61,30 @@ def test_a_failed_attempt_is_cleared_and_latest_left_alone(s3):
 
     assert read_latest(root) == f"{root}/runs/r1"
     again = RunOutput(root, "r2")
-    again.prepare()  # the partial output of the crashed attempt is not reused
+    again.prepare()  # not resumable (no configuration given): the partial output is not reused
     assert again.count_rows("recommendations") is None
+
+
+def test_an_interrupted_attempt_resumes_from_its_markers(s3):
+    root = f"s3://{BUCKET}/resume"
+    first = RunOutput(root, "r1")
+    assert first.prepare(config_sha256="c1") == []
+    first.write_table("item_embeddings", recommendations("r1"))
+    first.mark_complete("embed-items", {"embedded": 1})
+    first.write_table("recommendations", recommendations("r1"))  # then the job died mid-stage
+
+    again = RunOutput(root, "r1")
+    assert again.prepare(config_sha256="c1") == ["embed-items"]
+    assert again.stage_record("embed-items") == {"embedded": 1}
+    again.reset("recommendations")  # the unfinished stage starts over
+    assert again.count_rows("recommendations") is None
+    assert again.count_rows("item_embeddings") == 1
+    with pytest.raises(PublishError, match="another configuration"):
+        RunOutput(root, "r1").prepare(config_sha256="c2")
+    again.write_json("manifest.json", {"run_id": "r1"})
+    again.commit()
+    assert read_latest(root) == f"{root}/runs/r1"
+    assert again.completed_stages() == []  # the markers are not published
 
 
 def test_locations_resolve_on_s3_as_locally(s3):

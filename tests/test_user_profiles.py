@@ -29,6 +29,7 @@ def _histories(profiles: list[str | None]) -> pa.Table:
             "seen_rows": [[0, 1], [2]],
             "history_len": [2, 1],
             "profile_text": profiles,
+            "history_key": pa.array([None, None], pa.int64()),
         }
     ).cast(schemas.HISTORIES)
 

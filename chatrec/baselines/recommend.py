@@ -89,6 +89,7 @@ def _rows(
             "reason": pa.array(model.reasons(items, because_flat, titles), pa.string()),
             "strategy": pa.array([strategy] * m, pa.string()),
             "run_id": pa.array([run_id] * m, pa.string()),
+            "explanation": pa.nulls(m, pa.string()),  # no language model in a baseline
         },
         schema=schemas.RECOMMENDATIONS,
     )

@@ -2,7 +2,9 @@
 
 Item tower: the frozen text-encoder vector of an item, projected to the shared space, plus
 a learned id embedding for items that had training interactions (collaborative signal for
-known items; a brand-new item still has its text). Output is L2-normalised.
+known items; a brand-new item still has its text). Output is L2-normalised. In training,
+id dropout zeroes each item's id vector with probability `id_dropout` (per item, per
+batch), so the text path alone must also place known items: what a new item gets.
 
 User tower: the user's most recent items (newest first, as item-tower vectors) plus a
 learned position embedding (order and recency matter), through a small transformer
@@ -32,9 +34,11 @@ class TwoTower(nn.Module):
         layers: int,
         dropout: float,
         temperature: float,
+        id_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.n_items, self.text_dim, self.dim, self.max_history = n_items, text_dim, dim, max_history
+        self.id_dropout = id_dropout
         self.text_projection = nn.Linear(text_dim, dim)
         self.item_ids = nn.Embedding(n_items, dim)
         nn.init.normal_(self.item_ids.weight, std=0.02)
@@ -51,8 +55,16 @@ class TwoTower(nn.Module):
 
     def items(self, text: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """text (m, text_dim) of the items at `rows` (m,) -> unit item vectors (m, dim)."""
-        ids = self.item_ids(rows) * self.has_id[rows].unsqueeze(-1)  # (m, dim)
-        return F.normalize(self.text_projection(text) + ids, dim=-1)
+        keep = self.has_id[rows]  # (m,) bool
+        if self.training and self.id_dropout > 0:
+            keep = keep & (torch.rand(rows.shape, device=rows.device) >= self.id_dropout)  # (m,)
+        ids = self.item_ids(rows) * keep.unsqueeze(-1)  # (m, dim)
+        return F.normalize(self.text_projection(text) + ids, dim=-1)  # (m, dim)
+
+    def text_only(self, text: torch.Tensor) -> torch.Tensor:
+        """text (m, text_dim) -> unit item vectors (m, dim) without id vectors: how the tower
+        places an item with no training interactions."""
+        return F.normalize(self.text_projection(text), dim=-1)  # (m, dim)
 
     def users(self, history: torch.Tensor, padded: torch.Tensor) -> torch.Tensor:
         """Newest-first histories of item vectors -> unit user vectors.

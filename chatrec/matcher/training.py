@@ -100,6 +100,8 @@ def build_model(*, n_items: int, text_dim: int, params: dict) -> TwoTower:
         layers=params["layers"],
         dropout=params["dropout"],
         temperature=params["temperature"],
+        # Absent from the params of matchers saved before id dropout existed: they had none.
+        id_dropout=params.get("id_dropout", 0.0),
     )
 
 
@@ -158,6 +160,13 @@ def item_vectors(model: TwoTower, text: torch.Tensor, chunk: int = 65536) -> tor
     model.eval()
     rows = torch.arange(text.shape[0], device=text.device)
     return torch.cat([model.items(text[rows[i : i + chunk]], rows[i : i + chunk]) for i in range(0, len(rows), chunk)])
+
+
+@torch.no_grad()
+def text_only_vectors(model: TwoTower, text: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+    """Every item through the item tower without its id vector: (n_items, dim)."""
+    model.eval()
+    return torch.cat([model.text_only(text[i : i + chunk]) for i in range(0, text.shape[0], chunk)])
 
 
 @torch.no_grad()
