@@ -21,8 +21,9 @@ logger = logging.getLogger("bench")
 
 @dataclass(frozen=True)
 class Sizes:
-    """Workload sizes. `make bench` took 13 minutes on 2 cores shared with other jobs (load
-    average 2-7, with a 1,000-item growth base) and 19 at these defaults under load 6-10.
+    """Workload sizes. `make bench` took 9.3 minutes at these defaults on 2 idle cores, 13 on
+    cores shared with other jobs (load average 2-7, with a 1,000-item growth base) and 19
+    under load 6-10.
 
     all-MiniLM-L6-v2 encodes ~70 of these texts a second on 2 cores at max_length 128, so the
     embedding comparison uses hundreds of texts, not thousands; the top-K stage is cheap per
