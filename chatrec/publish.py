@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import posixpath
+import time
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -200,6 +201,14 @@ class RunOutput:
         else:
             with self.fs.open_output_stream(path) as f:
                 f.write(payload)
+
+    def publish(self, manifest: dict, *, stages: list[dict], started: float) -> None:
+        """Finish the manifest (stage times, wall seconds since `started`, a perf_counter
+        value), write it last among the run's files, and commit."""
+        manifest["stages"] = stages
+        manifest["wall_seconds"] = round(time.perf_counter() - started, 3)
+        self.write_json("manifest.json", manifest)
+        self.commit()
 
     def commit(self) -> None:
         """Make the run visible: move it into runs/ (local) and write LATEST last."""

@@ -191,10 +191,7 @@ def _run_matrix(
             "versions": library_versions(),
         }
         m.rows = len(counts)
-    manifest["stages"] = clock.to_list()
-    manifest["wall_seconds"] = round(time.perf_counter() - started, 3)
-    out.write_json("manifest.json", manifest)
-    out.commit()
+    out.publish(manifest, stages=clock.to_list(), started=started)
     return BaselineResult(run_id=run_id, run_dir=out.published_path(), manifest=manifest,
                           baseline=baseline.name, params=jsonable_params(chosen))
 

@@ -345,13 +345,9 @@ def _run(cfg: ChatrecConfig, output: RunOutput, *, baseline: str | None, refresh
             "examples": _examples(output, catalogue, histories, fallback),
         }
         m.rows = len(counts)
-    manifest["stages"] = clock.to_list()
-    manifest["wall_seconds"] = round(time.perf_counter() - started, 3)
-    output.write_json("manifest.json", manifest)
-    output.commit()
-    if matcher is not None and output.local:
-        # The best weights are in the published run now; the training checkpoints are not needed.
-        shutil.rmtree(os.path.join(output.root, MATCHER_CHECKPOINTS, run_id), ignore_errors=True)
+    output.publish(manifest, stages=clock.to_list(), started=started)
+    if matcher is not None:
+        _drop_checkpoints(output)
     if cfg.output.embedding_cache and embedding.get("cache_key"):
         EmbeddingCache(cfg.output.path, embedding["cache_key"], dim).compact(texts.column("text_sha256"))
     return RunResult(run_id=run_id, run_dir=output.published_path(), manifest=manifest)
@@ -381,13 +377,15 @@ def _publish_matcher(cfg, output, clock, started, inputs, rejects, embedding, ma
             "versions": library_versions(),
         }
         m.rows = len(counts)
-    manifest["stages"] = clock.to_list()
-    manifest["wall_seconds"] = round(time.perf_counter() - started, 3)
-    output.write_json("manifest.json", manifest)
-    output.commit()
+    output.publish(manifest, stages=clock.to_list(), started=started)
+    _drop_checkpoints(output)
+    return RunResult(run_id=output.run_id, run_dir=output.published_path(), manifest=manifest)
+
+
+def _drop_checkpoints(output: RunOutput) -> None:
+    """The best weights are in the published run now; its training checkpoints are not needed."""
     if output.local:
         shutil.rmtree(os.path.join(output.root, MATCHER_CHECKPOINTS, output.run_id), ignore_errors=True)
-    return RunResult(run_id=output.run_id, run_dir=output.published_path(), manifest=manifest)
 
 
 def _check_same_inputs(output: RunOutput, texts: pa.Table, log: pa.Table, users: pa.Table | None) -> None:
