@@ -249,6 +249,23 @@ class RetrievalConfig(_Strict):
     # arrays stay a few MB.
     batch_size: int = Field(4096, ge=1)
     num_actors: int | Literal["auto"] = Field("auto", description="auto: one per GPU with a GPU index, else (CPUs - 1) // threads, at least 1.")
+    # Off by default: on MovieLens-100K's time split, where the few items without interactions
+    # are ones nobody rated, 2 slots cost 5% Recall@20 (NDCG@10 and Recall@10 unchanged: the
+    # slots are the last places); on the cold-items split they raise cold Recall@20 4x.
+    new_item_slots: int = Field(
+        0, ge=0,
+        description="At least this many of each user's top_k places go to items without interactions "
+        "(the best-scoring ones for that user), at the end of the list: exposure for new items, "
+        "which no interaction-trained ranking lifts. 0: off.",
+    )
+
+    @model_validator(mode="after")
+    def _slots_fit(self) -> "RetrievalConfig":
+        if self.new_item_slots > self.top_k:
+            raise ValueError(
+                f"retrieval.new_item_slots ({self.new_item_slots}) is larger than retrieval.top_k ({self.top_k})"
+            )
+        return self
 
 
 class RerankConfig(_Strict):

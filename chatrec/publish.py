@@ -168,8 +168,9 @@ class RunOutput:
         if self.count_rows(name) is None:
             self.write_table(name, schema.empty_table())
 
-    def count_rows(self, name: str) -> int | None:
-        """Rows in a staged table, read from Parquet footers (None when it has no files)."""
+    def count_rows(self, name: str, **equal_to) -> int | None:
+        """Rows in a staged table (None when it has no files): read from Parquet footers, or,
+        given column=value filters, the rows that match them all."""
         directory = posixpath.join(self.staging_dir, name)
         if self.fs.get_file_info(directory).type != pafs.FileType.Directory:
             return None
@@ -180,7 +181,14 @@ class RunOutput:
         ]
         if not files:
             return None
-        return pads.dataset(files, filesystem=self.fs, format="parquet").count_rows()
+        dataset = pads.dataset(files, filesystem=self.fs, format="parquet")
+        if not equal_to:
+            return dataset.count_rows()
+        matches = [pads.field(column) == value for column, value in equal_to.items()]
+        condition = matches[0]
+        for match in matches[1:]:
+            condition = condition & match
+        return dataset.count_rows(filter=condition)
 
     def write_bytes(self, name: str, data: bytes) -> None:
         """A file inside the staging run (e.g. matcher/model.pt)."""

@@ -22,6 +22,7 @@ from chatrec.catalogue import ItemCatalogue
 from chatrec.encoder import PROGRESS_EVERY_S, fixed_size_list_to_numpy
 from chatrec.explain import because_rows, reason
 from chatrec.matcher.fusion import content_scores
+from chatrec.new_item_slots import SLOT_STRATEGY, reserve_new_item_slots, slot_candidate_scores
 from chatrec.retrieval import ExactIndex, choose_backend
 
 logger = logging.getLogger(__name__)
@@ -46,12 +47,15 @@ class Recommender:
         threads: int | None = None,
         strategy: str = "content",
         fusion: dict | ray.ObjectRef | None = None,
+        new_item_slots: int = 0,
+        new_rows: np.ndarray | ray.ObjectRef | None = None,
     ) -> None:
         """`strategy` names the signal of the vectors ("content": text, "two-tower": the
         matcher). `fusion` ({"fusion": Fusion, "collaborative": ItemItemModel}, optionally
         "text": (n_items, d) unit text vectors and "id_less": (n_items,) bool, for the new-item
         term) switches to the hybrid: exact dense scoring of every item, each row naming the
-        signal that carried it."""
+        signal that carried it. `new_item_slots` of each list are kept for the items at
+        `new_rows` (no interactions yet; chatrec.new_item_slots)."""
         if threads:
             faiss.omp_set_num_threads(threads)
         # Fails with a clear message when a GPU actor's node has faiss-cpu only.
@@ -63,6 +67,8 @@ class Recommender:
         self.run_id = run_id
         self.strategy = strategy
         self.fusion = _get(fusion)
+        self.new_item_slots = new_item_slots
+        self.new_rows = np.asarray(_get(new_rows) if new_rows is not None else [], dtype=np.int64)  # (m,)
         if self.fusion is not None:
             items = self.fusion["collaborative"].matrix.item_ids
             if list(items) != list(self.catalogue.item_ids):
@@ -85,9 +91,12 @@ class Recommender:
         user_ids = batch.column("user_id").to_pylist()
         if self.fusion is not None:
             rows_of, scores_of, explained = self._fused(queries, seen, user_ids, batch.column("recent_rows"))
+            placed = None
         else:
             top = self.index.search_excluding(queries, self.top_k, seen)  # (n, k)
-            rows_of, scores_of, explained = top.rows, top.scores, None
+            new_scores = queries @ self.catalogue.vectors[self.new_rows].T if self._slots else None  # (n, m)
+            rows_of, scores_of, placed = self._reserve_slots(top.rows, top.scores, new_scores, seen)
+            explained = None
         out_user, out_rank, out_rows, out_scores, out_because, out_reason, out_strategy = [], [], [], [], [], [], []
         for u, user in enumerate(user_ids):
             valid = rows_of[u] >= 0  # fewer only when the catalogue has < k unseen items
@@ -97,6 +106,8 @@ class Recommender:
             strategies = [self.strategy] * len(rows)
             if explained is not None:
                 because, reasons, strategies = explained(u, rows, because, reasons)
+            elif placed is not None:
+                reasons, strategies = _mark_placed(placed[u][valid], reasons, strategies)
             out_user.extend([user] * len(rows))
             out_rank.extend(range(1, len(rows) + 1))
             out_rows.append(rows)
@@ -128,11 +139,11 @@ class Recommender:
         fusion, collaborative = self.fusion["fusion"], self.fusion["collaborative"]
         n, n_items = len(queries), self.catalogue.size
         tower = queries @ self.catalogue.vectors.T  # (n, n_items)
-        codes = collaborative.matrix.user_codes(user_ids)  # (n,) -1: no collaborative history
+        user_codes = collaborative.matrix.user_codes(user_ids)  # (n,) -1: no collaborative history
         cf = np.zeros_like(tower)  # (n, n_items)
-        known = codes >= 0
+        known = user_codes >= 0
         if known.any():
-            cf[known] = collaborative.scores(codes[known])
+            cf[known] = collaborative.scores(user_codes[known])
         tower_term, cf_term = fusion.terms(tower, cf)  # (n, n_items) each
         text_term = np.zeros_like(tower)  # (n, n_items): the new-item text term, 0 for items with an id
         id_less = self.fusion.get("id_less")
@@ -148,30 +159,46 @@ class Recommender:
             shape=(n, n_items),
         )
         top = top_k_excluding(fused, seen_matrix, self.top_k)  # (n, k)
-        picked = np.maximum(top.codes, 0)  # (n, k)
+        new_scores = fused[:, self.new_rows] if self._slots else None  # (n, m)
+        codes, scores, placed = self._reserve_slots(top.codes, top.scores, new_scores, seen)
+        picked = np.maximum(codes, 0)  # (n, k)
         rows_idx = np.arange(n)[:, None]
         cf_picked = cf_term[rows_idx, picked]  # (n, k)
         carried = (cf_picked > 0) & (cf_picked > tower_term[rows_idx, picked])  # (n, k): collaborative won
         text_picked = text_term[rows_idx, picked]  # (n, k)
         by_text = (text_picked > 0) & (text_picked > tower_term[rows_idx, picked])  # (n, k): a new item's text won
-        cf_because = np.full(top.codes.shape, -1, np.int64)
+        cf_because = np.full(codes.shape, -1, np.int64)
         if known.any():
-            cf_because[known] = collaborative.because(codes[known], top.codes[known])
+            cf_because[known] = collaborative.because(user_codes[known], codes[known])
         titles = self.catalogue.display_titles
 
         def explained(u, rows, because, reasons):
             k = len(rows)
             out_because, out_reasons, out_strategy = because.copy(), list(reasons), ["two-tower"] * k
             for j in range(k):
+                if placed[u, j]:
+                    continue  # _mark_placed below
                 if carried[u, j] and cf_because[u, j] >= 0:
                     out_because[j] = cf_because[u, j]
                     out_reasons[j] = f"often together with {titles[cf_because[u, j]]}"
                     out_strategy[j] = "collaborative"
                 elif by_text[u, j]:
                     out_strategy[j] = "content"  # the reason stays the text-based one
+            out_reasons, out_strategy = _mark_placed(placed[u][:k], out_reasons, out_strategy)
             return out_because, out_reasons, out_strategy
 
-        return top.codes, top.scores, explained
+        return codes, scores, explained
+
+    @property
+    def _slots(self) -> bool:
+        return self.new_item_slots > 0 and len(self.new_rows) > 0
+
+    def _reserve_slots(self, rows: np.ndarray, scores: np.ndarray, new_scores: np.ndarray | None, seen):
+        """(n, k) rows and scores -> the same with the new-item slots filled, and placed (n, k)."""
+        if new_scores is None:
+            return rows, scores, np.zeros(rows.shape, bool)
+        candidates = slot_candidate_scores(new_scores, self.new_rows, seen)  # (n, m)
+        return reserve_new_item_slots(rows, scores, self.new_rows, candidates, self.new_item_slots)
 
     def _report(self, rows: int) -> None:
         self._done += rows
@@ -180,6 +207,15 @@ class Recommender:
             rate = self._done / max(now - self._started, 1e-9)
             logger.info("top-K actor: %d users scored (%.0f users/s)", self._done, rate)
             self._last_log = now
+
+
+def _mark_placed(placed: np.ndarray, reasons: list[str], strategies: list[str]) -> tuple[list[str], list[str]]:
+    """Rows a new-item slot put in the list say so in `reason` and `strategy`."""
+    reasons, strategies = list(reasons), list(strategies)
+    for j in np.flatnonzero(placed):
+        reasons[j] = f"new, no interactions yet; {reasons[j]}"
+        strategies[j] = SLOT_STRATEGY
+    return reasons, strategies
 
 
 def popularity_rows(user_ids: list[str], popularity: pa.Table, *, top_k: int, run_id: str) -> pa.Table:

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import ray
 import torch
@@ -51,6 +52,7 @@ from chatrec.histories import build_histories, history_keys, item_keys, item_pop
 from chatrec.item_text import TEMPLATE_VERSION
 from chatrec.manifest import library_versions, new_run_id, utc_now
 from chatrec.model_loading import model_fingerprint, resolve_model_dir
+from chatrec.new_item_slots import SLOT_STRATEGY, items_without_interactions
 from chatrec.output_lock import OutputLock
 from chatrec.previous_run import PreviousRun
 from chatrec.publish import WORK_DIR, RunOutput
@@ -247,14 +249,19 @@ def _run(cfg: ChatrecConfig, output: RunOutput, *, baseline: str | None, refresh
         fallback = population.fallback_user_ids.to_pylist()
         if "top-k" in done:
             m.detail = "completed by an earlier attempt"
+            topk_record = output.stage_record("top-k")
         else:
             output.reset(topk_table)
+            new_rows = items_without_interactions(
+                catalogue.item_ids, pc.unique(inputs.interactions.table.column("item_id")).to_pylist()
+            )
             if histories.num_rows:
                 recommend(
                     user_vectors_path=output.path(f"{WORK_DIR}/user_vectors"), index_ref=index_ref,
                     catalogue_ref=catalogue_ref, retrieval=retrieval, plan=topk_plan, run_id=run_id,
                     out_path=output.path(topk_table), strategy="two-tower" if matcher else "content",
                     fusion=ray.put(matcher.fusion) if matcher is not None and matcher.fusion else None,
+                    new_rows=ray.put(new_rows) if retrieval.new_item_slots else None,
                     users_per_block=cfg.history.users_per_block,
                 )
             if fallback:
@@ -264,7 +271,10 @@ def _run(cfg: ChatrecConfig, output: RunOutput, *, baseline: str | None, refresh
                     popularity_rows(fallback, popularity, top_k=retrieval.top_k, run_id=run_id),
                     file_name="popularity-fallback.parquet",
                 )
-            output.mark_complete("top-k", {"users": histories.num_rows + len(fallback)})
+            topk_record = {"users": histories.num_rows + len(fallback), "new_items": len(new_rows),
+                           "new_item_slots": retrieval.new_item_slots,
+                           "rows_in_new_item_slots": output.count_rows(topk_table, strategy=SLOT_STRATEGY) or 0}
+            output.mark_complete("top-k", topk_record)
         m.rows = histories.num_rows + len(fallback)
 
     # 7b. Rerank (pipelines/rerank.py): a language model orders the N candidates into the top K
@@ -313,6 +323,10 @@ def _run(cfg: ChatrecConfig, output: RunOutput, *, baseline: str | None, refresh
                                 "reused": embedding["reused"]},
             "matcher": matcher.manifest if matcher is not None else None,
             "top_k": cfg.retrieval.top_k,
+            # Absent from the stage records of runs cut short before new-item slots existed.
+            "new_item_slots": {"slots": topk_record.get("new_item_slots", 0),
+                               "new_items": topk_record.get("new_items"),
+                               "rows": topk_record.get("rows_in_new_item_slots", 0)},
             "rerank": rerank,
             "inputs": {
                 "items": {"rows": inputs.items.rows_read, "valid": inputs.items.table.num_rows},

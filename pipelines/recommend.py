@@ -25,6 +25,7 @@ def recommend(
     out_path: str,
     strategy: str = "content",
     fusion: ray.ObjectRef | None = None,
+    new_rows: ray.ObjectRef | None = None,
     users_per_block: int = USERS_PER_BLOCK,
 ) -> None:
     ds = ray.data.read_parquet(user_vectors_path).map_batches(
@@ -39,6 +40,8 @@ def recommend(
             threads=plan.threads,
             strategy=strategy,
             fusion=fusion,
+            new_item_slots=retrieval.new_item_slots,
+            new_rows=new_rows,
         ),
         batch_size=users_per_block,
         batch_format="pyarrow",

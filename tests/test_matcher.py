@@ -197,18 +197,22 @@ def test_an_item_without_an_id_is_scored_by_its_text_in_fused_scoring():
                       "seen_rows": pa.array([[2]], pa.list_(pa.int32())),
                       "recent_rows": pa.array([[2]], pa.list_(pa.int32()))})
 
-    def top(text_weight: float) -> tuple[list, list]:
+    def top(text_weight: float, k: int = 3, slots: int = 0) -> tuple[list, list]:
         fusion = Fusion(1.0, 1.0, 1.0, params, [], text_weight, 1.0, 0.0)
-        rec = Recommender(index=ExactIndex.build(tower).to_bytes(), catalogue=catalogue, top_k=3,
+        rec = Recommender(index=ExactIndex.build(tower).to_bytes(), catalogue=catalogue, top_k=k,
                           search_batch_size=8, run_id="r", backend="cpu", strategy="two-tower",
                           fusion={"fusion": fusion, "collaborative": EaseRecency().fit(matrix, params),
-                                  "text": text, "id_less": np.array([False, False, False, True])})
+                                  "text": text, "id_less": np.array([False, False, False, True])},
+                          new_item_slots=slots, new_rows=np.array([3]))
         out = rec(batch)
         return out["item_id"].to_pylist(), out["strategy"].to_pylist()
 
     # The tower alone prefers a and b; d's text matches the user's history (c) exactly.
     assert top(0.0) == (["a", "b", "d"], ["two-tower"] * 3)
     assert top(2.0) == (["d", "a", "b"], ["content", "two-tower", "two-tower"])
+    # A new-item slot puts d in a list too short for it, in the last place.
+    assert top(0.0, k=2) == (["a", "b"], ["two-tower"] * 2)
+    assert top(0.0, k=2, slots=1) == (["a", "d"], ["two-tower", "new-item"])
 
 
 def test_a_fusion_recorded_before_the_new_item_term_has_none():
