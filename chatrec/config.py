@@ -209,6 +209,11 @@ class MatcherConfig(_Strict):
         "while the fusion's new-item term is tuned on validation; 0: no new-item term.",
     )
     seed: int = 0
+    profile: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto: with a users table, each user's profile text (its attributes) is encoded by the item "
+        "encoder and enters the user tower as one more token; off: the tower reads the history alone.",
+    )
     text_encoder: Literal["frozen"] = Field(
         "frozen",
         description="frozen: item text vectors come from the embedding stage, computed once. "

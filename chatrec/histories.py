@@ -72,10 +72,7 @@ def build_histories(
             .alias("seen_rows")
         ).drop("__excluded")
     if users is not None and users.num_rows:
-        profiles = pl.from_arrow(users).select(
-            "user_id", pl.col("attributes").list.join(". ").alias("profile_text")
-        )
-        histories = histories.join(profiles, on="user_id", how="left", maintain_order="left")
+        histories = histories.join(profile_texts(users), on="user_id", how="left", maintain_order="left")
     else:
         histories = histories.with_columns(pl.lit(None, dtype=pl.String).alias("profile_text"))
     histories = histories.with_columns(pl.lit(None, dtype=pl.Int64).alias("history_key"))
@@ -125,6 +122,13 @@ def _mix64(x: np.ndarray) -> np.ndarray:
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return x ^ (x >> np.uint64(31))
+
+
+def profile_texts(users: pa.Table) -> pl.DataFrame:
+    """users (schemas.USERS) -> user_id, profile_text: the attributes joined by ". "."""
+    return pl.from_arrow(users.select(["user_id", "attributes"])).select(
+        "user_id", pl.col("attributes").list.join(". ").alias("profile_text")
+    )
 
 
 def item_popularity(interactions: pa.Table, item_text: pa.Table) -> pa.Table:

@@ -48,7 +48,7 @@ from chatrec.config import ChatrecConfig
 from chatrec.embedding_cache import EmbeddingCache, encoder_key
 from chatrec.errors import ConfigError, InputDataError, PublishError
 from chatrec.encoder import count_truncated, import_model_code, fixed_size_list_to_numpy, to_fixed_size_list
-from chatrec.histories import build_histories, history_keys, item_keys, item_popularity
+from chatrec.histories import build_histories, history_keys, item_keys, item_popularity, profile_texts
 from chatrec.item_text import TEMPLATE_VERSION
 from chatrec.manifest import library_versions, new_run_id, utc_now
 from chatrec.model_loading import model_fingerprint, resolve_model_dir
@@ -59,6 +59,7 @@ from chatrec.publish import WORK_DIR, RunOutput
 from chatrec.retention import prune_runs
 from chatrec.recommender import popularity_rows
 from chatrec.retrieval import ExactIndex
+from chatrec.matcher.profiles import UserProfiles
 from chatrec.matcher.user_tower import MatcherUserEncoder
 from chatrec.runtime import connect, encoder_plan, encoder_precision, retrieval_plan, trainer_plan, user_plan
 from chatrec.user_vectors import RecencyMeanUserEncoder
@@ -70,7 +71,7 @@ from pipelines.ingest import item_texts, read_inputs
 from pipelines.recommend import recommend
 from chatrec.rerank.stats import describe as rerank_detail
 from pipelines.rerank import rerank_stage
-from pipelines.train_matcher import MODEL_PARAMS, MatcherArtifacts, matcher_artifacts, saved_matcher, train_matcher
+from pipelines.train_matcher import MatcherArtifacts, matcher_artifacts, model_params, saved_matcher, train_matcher
 
 logger = logging.getLogger(__name__)
 
@@ -181,10 +182,19 @@ def _run(cfg: ChatrecConfig, output: RunOutput, *, baseline: str | None, refresh
         raise RuntimeError("item embeddings do not cover the catalogue one-to-one")  # internal bug
     text_fingerprint = hashlib.sha256(f"{cache_key}:{TEMPLATE_VERSION}".encode()).hexdigest()[:16]
     # 4b. The matcher: trained on the log (or reused), its item tower replaces the text vectors
-    matcher = None
+    matcher, user_profiles = None, None
     if cfg.matcher.enabled:
+        if cfg.matcher.profile == "auto" and inputs.users is not None:
+            with clock.stage("embed-profiles", "profiles") as m:
+                user_profiles, profiles_record = _profile_vectors(
+                    inputs.users.table, output=output, cfg=cfg, cache_key=cache_key, fingerprint=fingerprint, dim=dim,
+                    plan=enc_plan, precision=precision, in_driver_below=cfg.ray.in_driver_below if previous else 0)
+                m.rows = profiles_record["embedded"]
+                m.detail = f"{profiles_record['texts']} distinct texts, {profiles_record['reused']} from the cache"
         matcher = _matcher(cfg, clock, resources, output, vectors, item_ids, pl.from_arrow(inputs.interactions.table),
-                           done=done, previous=previous, text_fingerprint=text_fingerprint)
+                           done=done, previous=previous, text_fingerprint=text_fingerprint, profiles=user_profiles)
+        if user_profiles is not None:
+            matcher.manifest["profiles"] = profiles_record
         vectors = matcher.item_vectors
     if train_only:
         return _publish_matcher(cfg, output, clock, started, inputs, rejects, embedding, matcher, resources,
@@ -363,7 +373,8 @@ def _run(cfg: ChatrecConfig, output: RunOutput, *, baseline: str | None, refresh
     if matcher is not None:
         _drop_checkpoints(output)
     if cfg.output.embedding_cache and embedding.get("cache_key"):
-        EmbeddingCache(cfg.output.path, embedding["cache_key"], dim).compact(texts.column("text_sha256"))
+        keep = texts.column("text_sha256").to_pylist() + (_profile_hashes(user_profiles) if user_profiles is not None else [])
+        EmbeddingCache(cfg.output.path, embedding["cache_key"], dim).compact(keep)
     return RunResult(run_id=run_id, run_dir=output.published_path(), manifest=manifest)
 
 
@@ -457,18 +468,48 @@ def _refresh_record(previous, texts, embedding, users_record, matcher, cfg, fing
 
 
 MATCHER_CHECKPOINTS = ".matcher-checkpoints"
+PROFILE_EMBEDDINGS = f"{WORK_DIR}/profile_embeddings"
 
 
-def _matcher(cfg, clock, resources, output, text, item_ids, log, *, done, previous, text_fingerprint) -> MatcherArtifacts:
+def _profile_vectors(users: pa.Table, *, output: RunOutput, cfg: ChatrecConfig, cache_key: str, fingerprint: str,
+                     dim: int, plan, precision: str, in_driver_below: int) -> tuple[UserProfiles, dict]:
+    """Every distinct profile text of the users table through the item encoder (and its
+    embedding cache), for the user tower's profile token."""
+    text_of_user = {u: t for u, t in profile_texts(users).iter_rows() if t}
+    distinct = sorted(set(text_of_user.values()))
+    hashes = [hashlib.sha256(t.encode()).hexdigest() for t in distinct]
+    table = pa.table({"item_id": hashes, "row": pa.array(range(len(distinct)), pa.int32()), "text": distinct,
+                      "text_sha256": hashes}).cast(schemas.ITEM_TEXT)
+    output.reset(PROFILE_EMBEDDINGS)
+    record = {"users": len(text_of_user), "texts": len(distinct), "embedded": 0, "reused": 0}
+    if distinct:
+        cache = EmbeddingCache(cfg.output.path, cache_key, dim) if cfg.output.embedding_cache else None
+        record.update(embed_items_cached(table, cache=cache, output=output, name=PROFILE_EMBEDDINGS,
+                                         fingerprint=fingerprint, dim=dim, encoder=cfg.encoder, plan=plan,
+                                         precision=precision, in_driver_below=in_driver_below))
+        ids, vectors = _read_embeddings(output, PROFILE_EMBEDDINGS, "item_id")
+    else:
+        ids, vectors = [], np.zeros((0, dim), np.float32)
+    text_of_hash = dict(zip(hashes, distinct))
+    profiles = UserProfiles({text_of_hash[h]: row for row, h in enumerate(ids)}, vectors, text_of_user)
+    return profiles, record
+
+
+def _profile_hashes(profiles: UserProfiles) -> list[str]:
+    return [hashlib.sha256(t.encode()).hexdigest() for t in profiles.row_of_text]
+
+
+def _matcher(cfg, clock, resources, output, text, item_ids, log, *, done, previous, text_fingerprint,
+             profiles) -> MatcherArtifacts:
     """The matcher's artifacts: from this run's staging (resume), the previous run (refresh
     policy allows), or trained now with Ray Train. Its weights and item vectors go into the
     run (matcher/)."""
-    params = {k: getattr(cfg.matcher, k) for k in MODEL_PARAMS}
+    params = model_params(cfg.matcher, profiles is not None)
     if "train-matcher" in done:
         with clock.stage("train-matcher", "examples") as m:
             state = torch.load(io.BytesIO(output.read_bytes("matcher/model.pt")), weights_only=True, map_location="cpu")
             artifacts = saved_matcher(state_dict=state, saved_ids=item_ids, record=output.stage_record("train-matcher"),
-                                      text=text, item_ids=item_ids, log=log)
+                                      text=text, item_ids=item_ids, log=log, profiles=profiles)
             m.detail = "completed by an earlier attempt"
         return artifacts
     output.reset("matcher")
@@ -488,12 +529,12 @@ def _matcher(cfg, clock, resources, output, text, item_ids, log, *, done, previo
         with clock.stage("train-matcher", "examples") as m:
             state, saved_ids, record = previous.matcher_state()
             artifacts = saved_matcher(state_dict=state, saved_ids=saved_ids, record=record,
-                                      text=text, item_ids=item_ids, log=log)
+                                      text=text, item_ids=item_ids, log=log, profiles=profiles)
             artifacts.manifest["refresh"] = {"retrained": False, "reused_from": previous.run_id,
                                              "policy": "matcher.from_run" if cfg.matcher.from_run else cfg.refresh.retrain}
             m.detail = f"reused from run {previous.run_id} (trained in {record['trained_in_run']})"
     else:
-        artifacts = _train_matcher(cfg, clock, resources, output, output.run_id, text, item_ids, log)
+        artifacts = _train_matcher(cfg, clock, resources, output, output.run_id, text, item_ids, log, profiles)
         artifacts.manifest.update(trained_in_run=output.run_id, trained_at=utc_now(), log_rows=log.height,
                                   text_fingerprint=text_fingerprint,
                                   refresh={"retrained": True, "reason": why, "policy": cfg.refresh.retrain})
@@ -511,7 +552,7 @@ def _matcher(cfg, clock, resources, output, text, item_ids, log, *, done, previo
     return artifacts
 
 
-def _train_matcher(cfg, clock, resources, output, run_id, text, item_ids, log) -> MatcherArtifacts:
+def _train_matcher(cfg, clock, resources, output, run_id, text, item_ids, log, profiles) -> MatcherArtifacts:
     """Train the matcher with Ray Train, then tune the fusion."""
     plan = trainer_plan(cfg.matcher, resources)
     # Checkpoints live beside the runs, not in the staging run, so Ray Train's own resume
@@ -519,13 +560,14 @@ def _train_matcher(cfg, clock, resources, output, run_id, text, item_ids, log) -
     storage = f"{output.root_uri}/{MATCHER_CHECKPOINTS}" if not output.local else os.path.join(output.root, MATCHER_CHECKPOINTS)
     with clock.stage("train-matcher", "examples") as m:
         trained = train_matcher(text=text, item_ids=item_ids, log=log, cfg=cfg.matcher, plan=plan,
-                                storage=storage, name=run_id)
+                                storage=storage, name=run_id, profiles=profiles)
         m.rows = int(len(trained.data.sequences.examples()[0]))
         best = trained.manifest()["validation"]
         m.detail = (f"{len(trained.state['history'])} epochs, best {trained.state['best_epoch']}: "
                     f"validation NDCG@10 {best['ndcg@10']:.4f}")
     with clock.stage("fusion", "items") as m:
-        artifacts = matcher_artifacts(trained, text=text, item_ids=item_ids, log=log, fusion=cfg.matcher.fusion)
+        artifacts = matcher_artifacts(trained, text=text, item_ids=item_ids, log=log, fusion=cfg.matcher.fusion,
+                                      profiles=profiles)
         m.rows = len(item_ids)
         fusion = artifacts.manifest.get("fusion")
         m.detail = f"two-tower weight {fusion['weight']}" if fusion else "off"

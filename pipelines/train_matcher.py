@@ -32,6 +32,7 @@ from ray.train.torch import TorchTrainer
 from chatrec.config import MatcherConfig
 from chatrec.errors import ConfigError, InputDataError
 from chatrec.evaluation.splits import split_user_time
+from chatrec.matcher.profiles import UserProfiles
 from chatrec.matcher.sequences import build_sequences
 from chatrec.matcher.training import BEST_FILE, STATE_FILE, TrainingData, train_loop_per_worker
 from chatrec.runtime import ActorPlan
@@ -43,6 +44,11 @@ logger = logging.getLogger(__name__)
 MIN_LENGTH_FOR_VALIDATION = 3
 MODEL_PARAMS = ("dim", "max_history", "heads", "layers", "dropout", "temperature", "lr", "weight_decay",
                 "batch_size", "max_epochs", "patience", "seed", "id_dropout")
+
+
+def model_params(cfg: MatcherConfig, profile: bool) -> dict:
+    """The matcher's parameters as its manifest records them (a change means retraining)."""
+    return {**{k: getattr(cfg, k) for k in MODEL_PARAMS}, "profile": profile}
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,10 @@ def hold_out(log: pl.DataFrame, share: float) -> tuple[pl.DataFrame, pl.DataFram
     return train, valid
 
 
-def training_data(text: np.ndarray, item_rows: dict[str, int], train: pl.DataFrame, valid: pl.DataFrame) -> TrainingData:
+def training_data(
+    text: np.ndarray, item_rows: dict[str, int], train: pl.DataFrame, valid: pl.DataFrame,
+    profiles: UserProfiles | None = None,
+) -> TrainingData:
     seqs = build_sequences(train, item_rows, len(item_rows))
     user_index = {u: i for i, u in enumerate(seqs.user_ids)}
     targets: dict[int, list[int]] = {}
@@ -98,7 +107,7 @@ def training_data(text: np.ndarray, item_rows: dict[str, int], train: pl.DataFra
         kept = np.setdiff1d(np.array(items, np.int64), own)
         if len(kept):
             fresh[u] = kept
-    return TrainingData.build(text, seqs, fresh)
+    return TrainingData.build(text, seqs, fresh, profiles.of_users(seqs.user_ids) if profiles is not None else None)
 
 
 def latest_checkpoint(storage: str, name: str) -> Checkpoint | None:
@@ -126,9 +135,11 @@ def train_matcher(
     plan: ActorPlan,
     storage: str,
     name: str,
+    profiles: UserProfiles | None = None,
     fault_injection: dict | None = None,
 ) -> TrainedMatcher:
-    """Train on `log` (user_id, item_id, timestamp) with item text vectors `text` (n_items, d).
+    """Train on `log` (user_id, item_id, timestamp) with item text vectors `text` (n_items, d)
+    and, given `profiles`, a profile token in the user tower.
 
     `fault_injection` (tests only) makes a worker crash once, e.g.
     {"fail_once_at_epoch": 1, "fail_marker": "/tmp/x"}.
@@ -137,7 +148,7 @@ def train_matcher(
     item_rows = {item: row for row, item in enumerate(item_ids)}
     # 1. validation hold-out  2. sequences and examples
     train, valid = hold_out(log, cfg.validation_share)
-    data = training_data(text, item_rows, train, valid)
+    data = training_data(text, item_rows, train, valid, profiles)
     users, positions = data.sequences.examples()
     if len(users) < 2:
         raise InputDataError(
@@ -145,7 +156,7 @@ def train_matcher(
             f"{len(users)} training example(s): add interactions or set matcher.enabled: false"
         )
     examples = ray.data.from_arrow(pa.table({"user": users, "position": positions}))
-    params = {k: getattr(cfg, k) for k in MODEL_PARAMS}
+    params = model_params(cfg, profiles is not None)
     if cfg.dim % cfg.heads:
         raise ConfigError(f"matcher.dim ({cfg.dim}) must be divisible by matcher.heads ({cfg.heads})")
     logger.info(
@@ -213,10 +224,12 @@ class MatcherArtifacts:
 
 
 def matcher_artifacts(
-    trained: TrainedMatcher, *, text: np.ndarray, item_ids: list[str], log: pl.DataFrame, fusion: str
+    trained: TrainedMatcher, *, text: np.ndarray, item_ids: list[str], log: pl.DataFrame, fusion: str,
+    profiles: UserProfiles | None = None,
 ) -> MatcherArtifacts:
     """Item-tower vectors for the catalogue, the user tower's spec, and (optionally) the
-    fusion with recency-weighted EASE tuned on the same validation hold-out."""
+    fusion with recency-weighted EASE tuned on the same validation hold-out. `profiles`:
+    the ones it was trained with, if any."""
     from chatrec.baselines.ease import MAX_EASE_ITEMS
     from chatrec.matcher.fusion import collaborative_model, tune_fusion
     from chatrec.matcher.training import build_model, item_vectors, text_only_vectors, user_vectors
@@ -224,8 +237,7 @@ def matcher_artifacts(
     model = build_model(n_items=len(item_ids), text_dim=text.shape[1], params=trained.params)
     model.load_state_dict(trained.state_dict)
     items = item_vectors(model, torch.from_numpy(text))  # (n_items, dim)
-    spec = {"state_dict": trained.state_dict, "params": trained.params, "n_items": len(item_ids),
-            "text_dim": int(text.shape[1])}
+    spec = _user_tower_spec(trained.state_dict, trained.params, len(item_ids), text, profiles)
     manifest = trained.manifest()
     fused = None
     if fusion == "auto" and len(item_ids) > MAX_EASE_ITEMS:
@@ -241,7 +253,8 @@ def matcher_artifacts(
         def tower_scores_of(user_ids: list[str], against: torch.Tensor = items) -> np.ndarray:
             users = np.array([index[u] for u in user_ids], dtype=np.int64)
             hist = seqs.histories(users, seqs.lengths[users], trained.params["max_history"])  # (n, L)
-            return (user_vectors(model, items, hist) @ against.T).numpy()  # (n, n_items)
+            profile = trained.data.profiles[users] if trained.data.profiles is not None else None  # (n, text_dim)
+            return (user_vectors(model, items, hist, profile) @ against.T).numpy()  # (n, n_items)
 
         has_id = trained.state_dict["has_id"].numpy()  # (n_items,)
         new_items = {"text": text, "has_id": has_id, "share": trained.new_item_share, "seed": trained.params["seed"],
@@ -252,6 +265,13 @@ def matcher_artifacts(
                  "text": text, "id_less": ~has_id}
         manifest["fusion"] = tuned.manifest()
     return MatcherArtifacts(items.numpy(), spec, fused, manifest)
+
+
+def _user_tower_spec(state_dict: dict, params: dict, n_items: int, text: np.ndarray,
+                     profiles: UserProfiles | None) -> dict:
+    """MatcherUserEncoder's `matcher` argument."""
+    return {"state_dict": state_dict, "params": params, "n_items": n_items, "text_dim": int(text.shape[1]),
+            "profiles": profiles.for_serving() if profiles is not None and params.get("profile") else None}
 
 
 def remap_item_rows(state_dict: dict[str, torch.Tensor], saved_ids: list[str], item_ids: list[str]) -> dict:
@@ -277,7 +297,7 @@ def remap_item_rows(state_dict: dict[str, torch.Tensor], saved_ids: list[str], i
 
 def saved_matcher(
     *, state_dict: dict[str, torch.Tensor], saved_ids: list[str], record: dict,
-    text: np.ndarray, item_ids: list[str], log: pl.DataFrame,
+    text: np.ndarray, item_ids: list[str], log: pl.DataFrame, profiles: UserProfiles | None = None,
 ) -> MatcherArtifacts:
     """Artifacts of a matcher trained earlier (`record`: its manifest entry, `saved_ids`: the
     catalogue it was saved with) for the current catalogue and log: item vectors recomputed
@@ -292,7 +312,7 @@ def saved_matcher(
     model.load_state_dict(state_dict)
     with torch.no_grad():
         items = item_vectors(model, torch.from_numpy(text)).numpy()  # (n_items, dim)
-    spec = {"state_dict": state_dict, "params": params, "n_items": len(item_ids), "text_dim": int(text.shape[1])}
+    spec = _user_tower_spec(state_dict, params, len(item_ids), text, profiles)
     fused = None
     if record.get("fusion") and "tower_scale" in record["fusion"]:
         fusion = Fusion.from_manifest(record["fusion"])

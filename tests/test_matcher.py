@@ -110,6 +110,40 @@ def test_a_tiny_matcher_learns_what_follows_what():
         assert items[int(scores.argmax())] == f"b{i}"
 
 
+def test_the_profile_token_tells_apart_users_whose_histories_are_the_same():
+    """Every user watches s then one of r, b: which one only their profile says."""
+    from chatrec.matcher.profiles import UserProfiles
+
+    items = ["s", "r", "b"]
+    rows = [r for u in range(80) for r in ((f"u{u:02d}", "s", 2 * u), (f"u{u:02d}", "rb"[u % 2], 2 * u + 1))]
+    log = _log(rows)
+    text_of_user = {f"u{u:02d}": ("likes red" if u % 2 == 0 else "likes blue") for u in range(80)}
+    profile_vectors = np.eye(2, 8, dtype=np.float32)  # (2 texts, text_dim)
+    profiles = UserProfiles({"likes red": 0, "likes blue": 1}, profile_vectors, text_of_user)
+    seq = build_sequences(log, {item: r for r, item in enumerate(items)}, len(items))
+    text = np.random.default_rng(1).normal(size=(3, 8)).astype(np.float32)
+
+    def trained(profile: bool):
+        data = TrainingData.build(text, seq, {}, profiles.of_users(seq.user_ids) if profile else None)
+        torch.manual_seed(0)
+        model = build_model(n_items=3, text_dim=8, params={**PARAMS, "profile": profile})
+        model.has_id.copy_(torch.from_numpy(data.has_id))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=PARAMS["lr"])
+        for epoch in range(40):
+            run_epoch(model, optimizer, data, torch.from_numpy(text), seq.examples(), batch_size=32, max_history=4,
+                      rng=np.random.default_rng(epoch), seen_keys=SeenPairs(seq), log_q=torch.from_numpy(data.log_q))
+        vectors = item_vectors(model, torch.from_numpy(text))  # (3, dim)
+        history = np.array([[0, -1, -1, -1]] * 3)  # (3 users, L): s
+        who = profiles.of_texts(["likes red", "likes blue", None])  # (3, text_dim): the last has no profile
+        return (user_vectors(model, vectors, history, who if profile else None) @ vectors.T).numpy()  # (3, 3)
+
+    with_profile = trained(True)
+    assert with_profile[0, 1] > with_profile[0, 2] and with_profile[1, 2] > with_profile[1, 1]
+    assert np.isfinite(with_profile[2]).all()  # no profile: the token is masked, the history still scores
+    without = trained(False)
+    assert np.allclose(without[0], without[1])  # the history alone cannot tell red from blue
+
+
 def test_checkpoint_round_trip_loads_with_weights_only(tmp_path):
     log, items = pairs_log()
     data = _toy_data(log, items)

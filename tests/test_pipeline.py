@@ -172,11 +172,17 @@ def test_the_matcher_trains_and_scores_inside_the_job(ray_cluster, tiny_model_di
             rows.append({"user_id": f"u{u:02d}", "item_id": item, "timestamp": t})
             t += 1
     paths["interactions"] = write_parquet(tmp_path / "log.parquet", rows)
+    # Profiles for 12 of the 16 users, in 3 distinct texts: the user tower's profile token.
+    paths["users"] = write_parquet(tmp_path / "users.parquet", {
+        "user_id": [f"u{u:02d}" for u in range(12)], "colour": [["red", "blue", "green"][u % 3] for u in range(12)]})
     cfg = config(paths, tmp_path / "out", tiny_model_dir, output__run_id="m1", matcher__enabled=True,
-                 matcher__max_epochs=2, matcher__dim=16, matcher__batch_size=32)
+                 matcher__max_epochs=2, matcher__dim=16, matcher__batch_size=32,
+                 inputs__users=str(paths["users"]))
     result = run_job(cfg)
     manifest = json.loads(open(os.path.join(result.run_dir, "manifest.json")).read())
     assert manifest["matcher"]["epochs_run"] == 2 and manifest["matcher"]["validation"]["users"] == 16
+    assert manifest["matcher"]["params"]["profile"] is True
+    assert manifest["matcher"]["profiles"] == {"users": 12, "texts": 3, "embedded": 3, "reused": 0}
     assert 0.0 <= manifest["matcher"]["fusion"]["weight"] <= 1.0
     recs = recs_by_user(result.run_dir)
     seen = {}
@@ -190,7 +196,7 @@ def test_the_matcher_trains_and_scores_inside_the_job(ray_cluster, tiny_model_di
     import torch
 
     state = torch.load(os.path.join(result.run_dir, "matcher", "model.pt"), weights_only=True)
-    assert state["item_ids.weight"].shape == (8, 16)
+    assert state["item_ids.weight"].shape == (8, 16) and state["profile_projection.weight"].shape == (16, 32)
     assert not os.path.exists(tmp_path / "out" / ".matcher-checkpoints" / "m1")
 
     # The nightly refresh reuses this matcher (the log did not grow): one item's text edited,
@@ -201,11 +207,19 @@ def test_the_matcher_trains_and_scores_inside_the_job(ray_cluster, tiny_model_di
     catalogue[7]["description"] = "red space ship night"  # e1
     catalogue.append({**catalogue[0], "item_id": "f1", "title": "zeta drama"})
     write_parquet(tmp_path / "items2.parquet", catalogue)
+    # One place per list kept for items without interactions: f1.
     refreshed = run_job(config({**paths, "items": tmp_path / "items2.parquet"}, tmp_path / "out", tiny_model_dir,
                                output__run_id="m2", matcher__enabled=True, matcher__max_epochs=2,
-                               matcher__dim=16, matcher__batch_size=32), refresh=True)
+                               matcher__dim=16, matcher__batch_size=32, inputs__users=str(paths["users"]),
+                               retrieval__new_item_slots=1), refresh=True)
     m = refreshed.manifest
     assert m["refresh"]["matcher"] == {"retrained": False, "reused_from": "m1", "policy": "log-growth"}
+    assert m["matcher"]["profiles"] == {"users": 12, "texts": 3, "embedded": 0, "reused": 3}  # the cache's
+    new_recs = recs_by_user(refreshed.run_dir)
+    assert all([r["item_id"] for r in v].count("f1") == 1 for v in new_recs.values())
+    slotted = [r for v in new_recs.values() for r in v if r["strategy"] == "new-item"]
+    assert all(r["item_id"] == "f1" and r["rank"] == 3 for r in slotted)
+    assert m["new_item_slots"] == {"slots": 1, "new_items": 1, "rows": len(slotted)}
     assert m["matcher"]["trained_in_run"] == "m1" and m["refresh"]["items"]["embedded"] == 2
     remapped = torch.load(os.path.join(refreshed.run_dir, "matcher", "model.pt"), weights_only=True)
     assert remapped["item_ids.weight"].shape == (9, 16)

@@ -8,7 +8,10 @@ batch), so the text path alone must also place known items: what a new item gets
 
 User tower: the user's most recent items (newest first, as item-tower vectors) plus a
 learned position embedding (order and recency matter), through a small transformer
-encoder; the output at the newest position is the user vector, L2-normalised.
+encoder; the output at the newest position is the user vector, L2-normalised. With
+`profile` on, the text-encoder vector of the user's profile text (the users table's
+attributes), projected to the shared space, is one more token after the history: the
+items attend to it. A user without a profile has that token masked.
 
 Score = cosine(user, item) * exp(log_scale): a learned temperature.
 """
@@ -35,6 +38,7 @@ class TwoTower(nn.Module):
         dropout: float,
         temperature: float,
         id_dropout: float = 0.0,
+        profile: bool = False,
     ) -> None:
         super().__init__()
         self.n_items, self.text_dim, self.dim, self.max_history = n_items, text_dim, dim, max_history
@@ -51,6 +55,7 @@ class TwoTower(nn.Module):
         )
         self.sequence = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.dropout = nn.Dropout(dropout)
+        self.profile_projection = nn.Linear(text_dim, dim) if profile else None
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
 
     def items(self, text: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -66,29 +71,36 @@ class TwoTower(nn.Module):
         places an item with no training interactions."""
         return F.normalize(self.text_projection(text), dim=-1)  # (m, dim)
 
-    def users(self, history: torch.Tensor, padded: torch.Tensor) -> torch.Tensor:
+    def users(self, history: torch.Tensor, padded: torch.Tensor, profile: torch.Tensor | None = None) -> torch.Tensor:
         """Newest-first histories of item vectors -> unit user vectors.
 
         history (b, L, dim) item-tower vectors, padded (b, L) True where there is no item;
-        every history has at least one item.
+        every history has at least one item. profile (b, text_dim) profile text vectors, a
+        zero row for a user without one; read only when the model has a profile token.
         """
         steps = torch.arange(history.shape[1], device=history.device)  # (L,)
         x = history + self.positions(steps)  # (b, L, dim)
-        h = self.sequence(self.dropout(x), src_key_padding_mask=padded)  # (b, L, dim)
+        if self.profile_projection is not None and profile is not None:
+            token = self.profile_projection(profile)  # (b, dim)
+            x = torch.cat([x, token[:, None]], dim=1)  # (b, L + 1, dim)
+            missing = (profile == 0).all(dim=-1)  # (b,) no profile text
+            padded = torch.cat([padded, missing[:, None]], dim=1)  # (b, L + 1)
+        h = self.sequence(self.dropout(x), src_key_padding_mask=padded)  # (b, L[+1], dim)
         return F.normalize(h[:, 0], dim=-1)  # (b, dim): read at the newest item
 
     def forward(
-        self, item_text: torch.Tensor, item_rows: torch.Tensor, history: torch.Tensor, targets: torch.Tensor
+        self, item_text: torch.Tensor, item_rows: torch.Tensor, history: torch.Tensor, targets: torch.Tensor,
+        profile: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """In-batch logits: every user in the batch against every target in the batch.
 
         The batch's distinct items go through the item tower once: item_text (m, text_dim)
         and item_rows (m,); history (b, L) and targets (b,) index into those m items
-        (history -1 where padded). Returns (b, b).
+        (history -1 where padded); profile (b, text_dim) or None. Returns (b, b).
         """
         vectors = self.items(item_text, item_rows)  # (m, dim)
         padded = history < 0  # (b, L)
-        users = self.users(vectors[history.clamp(min=0)], padded)  # (b, dim)
+        users = self.users(vectors[history.clamp(min=0)], padded, profile)  # (b, dim)
         return users @ vectors[targets].T * self.scale()  # (b, b)
 
     def scale(self) -> torch.Tensor:

@@ -49,9 +49,13 @@ class TrainingData:
     valid_targets: list[np.ndarray]  # n_valid arrays of held-out item rows
     log_q: np.ndarray  # (n_items,) float32 log of each item's share of training targets
     has_id: np.ndarray  # (n_items,) bool: items with training interactions
+    # (n_users, text_dim) float32 profile text vectors in `sequences.user_ids` order, a zero
+    # row for a user without a profile; None: no profile token.
+    profiles: np.ndarray | None = None
 
     @classmethod
-    def build(cls, text: np.ndarray, sequences: Sequences, valid: dict[int, np.ndarray]) -> "TrainingData":
+    def build(cls, text: np.ndarray, sequences: Sequences, valid: dict[int, np.ndarray],
+              profiles: np.ndarray | None = None) -> "TrainingData":
         users, positions = sequences.examples()
         targets = sequences.targets(users, positions)  # (n_examples,) what in-batch candidates are drawn from
         counts = np.bincount(targets, minlength=sequences.n_items).astype(np.float64)  # (n_items,)
@@ -59,7 +63,12 @@ class TrainingData:
         log_q = np.log((counts + 1.0) / (counts.sum() + sequences.n_items)).astype(np.float32)
         has_id = np.bincount(sequences.items, minlength=sequences.n_items) > 0  # (n_items,)
         valid_users = np.array(sorted(valid), dtype=np.int64)
-        return cls(text.astype(np.float32), sequences, valid_users, [valid[u] for u in valid_users], log_q, has_id)
+        return cls(text.astype(np.float32), sequences, valid_users, [valid[u] for u in valid_users], log_q, has_id,
+                   None if profiles is None else profiles.astype(np.float32))
+
+    def profiles_of(self, users: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor | None:
+        """users (b,) indices into `sequences` -> (b, text_dim) profile vectors, or None."""
+        return None if self.profiles is None else torch.from_numpy(self.profiles[users]).to(device)
 
 
 # A dense user x item bitmap up to 64M cells (64 MB of bools): a (b, b) lookup is a
@@ -100,8 +109,9 @@ def build_model(*, n_items: int, text_dim: int, params: dict) -> TwoTower:
         layers=params["layers"],
         dropout=params["dropout"],
         temperature=params["temperature"],
-        # Absent from the params of matchers saved before id dropout existed: they had none.
+        # Absent from the params of matchers saved before these existed: they had none.
         id_dropout=params.get("id_dropout", 0.0),
+        profile=params.get("profile", False),
     )
 
 
@@ -139,13 +149,14 @@ def run_epoch(
             # A small catalogue: every item through the item tower is cheaper than finding
             # the batch's distinct items.
             rows = torch.arange(data.sequences.n_items, device=device)
-            logits = model(text, rows, hist, target)  # (b, b)
+            logits = model(text, rows, hist, target, data.profiles_of(users[idx], device))  # (b, b)
         else:
             # The batch's distinct items, each through the item tower once.
             rows, inverse = torch.unique(torch.cat([hist.flatten(), target]), return_inverse=True)  # (m,), (b*L + b,)
             local = torch.where(hist.flatten() >= 0, inverse[: hist.numel()], -1).view_as(hist)  # (b, L)
             valid_rows = rows.clamp(min=0)  # -1 (padding) maps to a real row it never reads
-            logits = model(text[valid_rows], valid_rows, local, inverse[hist.numel():])  # (b, b)
+            logits = model(text[valid_rows], valid_rows, local, inverse[hist.numel():],
+                           data.profiles_of(users[idx], device))  # (b, b)
         loss = in_batch_loss(logits, torch.from_numpy(users[idx]).to(device), target, log_q, seen_keys)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -170,13 +181,17 @@ def text_only_vectors(model: TwoTower, text: torch.Tensor, chunk: int = 65536) -
 
 
 @torch.no_grad()
-def user_vectors(model: TwoTower, items: torch.Tensor, histories: np.ndarray, chunk: int = 4096) -> torch.Tensor:
-    """items (n_items, dim) item-tower vectors, (n, L) newest-first histories -> (n, dim)."""
+def user_vectors(
+    model: TwoTower, items: torch.Tensor, histories: np.ndarray, profiles: np.ndarray | None = None, chunk: int = 4096,
+) -> torch.Tensor:
+    """items (n_items, dim) item-tower vectors, (n, L) newest-first histories and optionally
+    (n, text_dim) profile vectors (zero rows: none) -> (n, dim)."""
     model.eval()
     out = []
     for i in range(0, len(histories), chunk):
         hist = torch.from_numpy(histories[i : i + chunk]).to(items.device)  # (c, L)
-        out.append(model.users(items[hist.clamp(min=0)], hist < 0))
+        profile = torch.from_numpy(profiles[i : i + chunk]).to(items.device) if profiles is not None else None  # (c, t)
+        out.append(model.users(items[hist.clamp(min=0)], hist < 0, profile))
     return torch.cat(out) if out else torch.zeros(0, model.dim, device=items.device)
 
 
@@ -189,7 +204,8 @@ def validate(model: TwoTower, data: TrainingData, text: torch.Tensor, *, max_his
         return {"ndcg@10": 0.0, "recall@10": 0.0}
     items = item_vectors(model, text)  # (n_items, dim)
     hist = seqs.histories(users, seqs.lengths[users], max_history)  # (n_valid, L)
-    scores = user_vectors(model, items, hist) @ items.T  # (n_valid, n_items)
+    profiles = data.profiles[users] if data.profiles is not None else None  # (n_valid, text_dim)
+    scores = user_vectors(model, items, hist, profiles) @ items.T  # (n_valid, n_items)
     owners = np.repeat(np.arange(len(users)), seqs.lengths[users])  # (n_seen,)
     seen = np.concatenate([seqs.items[seqs.offsets[u] : seqs.offsets[u + 1]] for u in users])  # (n_seen,)
     scores[torch.from_numpy(owners).to(scores.device), torch.from_numpy(seen).to(scores.device)] = float("-inf")

@@ -2,7 +2,9 @@
 
 Same contract as chatrec.user_vectors.RecencyMeanUserEncoder: histories (schemas.HISTORIES)
 in, the same rows plus `embedding` out. The catalogue's vectors are the item tower's, and
-the model loads once per actor from the state dict in the object store.
+the model loads once per actor from the state dict in the object store; so do the profile
+vectors (chatrec.matcher.profiles) of a tower with a profile token, looked up by each
+history's `profile_text`.
 """
 
 from __future__ import annotations
@@ -46,10 +48,13 @@ class MatcherUserEncoder:
         self.model.eval()
         self.max_history = spec["params"]["max_history"]
         self.items = torch.from_numpy(self.catalogue.vectors)  # (n_items, dim) item-tower vectors
+        self.profiles = spec.get("profiles")  # UserProfiles, or None: no profile token
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         recent = batch.column("recent_rows").combine_chunks()
         histories = padded_histories(recent, self.max_history)  # (n, L)
-        vectors = user_vectors(self.model, self.items, histories).numpy()  # (n, dim)
+        profiles = (self.profiles.of_texts(batch.column("profile_text").to_pylist())
+                    if self.profiles is not None else None)  # (n, text_dim)
+        vectors = user_vectors(self.model, self.items, histories, profiles).numpy()  # (n, dim)
         out = batch.select(schemas.HISTORIES.names).append_column("embedding", to_fixed_size_list(vectors))
         return out.cast(schemas.user_vectors(self.catalogue.dim))
