@@ -50,8 +50,9 @@ demo: $(STAMP)
 	$(BIN)/chatrec evaluate --run $(DEMO_OUT)/chatrec $(addprefix $(DEMO_OUT)/,$(BASELINES)) \
 		--test $(DEMO_SPLIT)/test.parquet --report $(DEMO_OUT)/evaluation.html
 
+# The 15 slowest tests are listed at the end: where the suite's time goes.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 
 # Unit tests only (skips the end-to-end MovieLens runs).
 test-fast: $(STAMP)
