@@ -7,6 +7,9 @@ such items (fewer only when the user has fewer unseen ones). Where the ranking a
 fewer than S, the user's best-scoring missing new items replace the lowest-ranked items
 with interactions, at the end of the list. Each list stays sorted by score: an item that
 was not in the list scores below every item it displaces.
+
+Only each user's best K + S new items are ever looked at (at most K of them can already be
+in the list), so memory stays (users × (K + S)) however many new items there are.
 """
 
 from __future__ import annotations
@@ -17,57 +20,55 @@ SLOT_STRATEGY = "new-item"
 
 
 def reserve_new_item_slots(
-    rows: np.ndarray, scores: np.ndarray, new_rows: np.ndarray, new_scores: np.ndarray, slots: int,
+    rows: np.ndarray, scores: np.ndarray, is_new: np.ndarray, best_rows: np.ndarray, best_scores: np.ndarray,
+    slots: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each user's top-K with at least `slots` new items.
 
     rows (n, k) int64 item rows by rank (-1 where the catalogue ran out), scores (n, k);
-    new_rows (m,) the rows of the items without interactions; new_scores (n, m) each user's
-    score for them, -inf where the item may not be recommended (seen, excluded).
+    is_new (n_items,) bool: the items without interactions; best_rows (n, c) each user's
+    best unseen new items, best first (-1 where there are no more), best_scores (n, c).
     Returns rows (n, k), scores (n, k) and placed (n, k) bool: True where a slot put the item.
     """
     n, k = rows.shape
     placed = np.zeros((n, k), bool)  # (n, k)
-    if slots <= 0 or len(new_rows) == 0 or n == 0:
+    if slots <= 0 or n == 0 or not is_new.any():
         return rows, scores, placed
-    position = np.full(int(max(rows.max(initial=-1), new_rows.max())) + 1, -1, np.int64)
-    position[new_rows] = np.arange(len(new_rows))  # item row -> its column in new_scores
-    listed = np.where(rows >= 0, position[np.maximum(rows, 0)], -1)  # (n, k) column of a listed new item, else -1
-    is_new = listed >= 0  # (n, k)
-    # A new item already in the list is not a candidate for a slot.
-    candidates = np.array(new_scores, dtype=np.float64, copy=True)  # (n, m)
-    users, ranks = np.nonzero(is_new)
-    candidates[users, listed[users, ranks]] = -np.inf
-    depth = min(slots, candidates.shape[1])
-    best = np.argpartition(-candidates, depth - 1, axis=1)[:, :depth]  # (n, depth) unordered
-    best_scores = np.take_along_axis(candidates, best, axis=1)  # (n, depth)
-    order = np.argsort(-best_scores, axis=1, kind="stable")
-    best, best_scores = np.take_along_axis(best, order, axis=1), np.take_along_axis(best_scores, order, axis=1)
+    listed_new = (rows >= 0) & is_new[np.maximum(rows, 0)]  # (n, k)
     # Only a full list can lack an unseen new item: a short one already holds every unseen item.
-    have = is_new.sum(axis=1)  # (n,)
-    need = np.where((rows >= 0).all(axis=1), np.clip(min(slots, k) - have, 0, None), 0)  # (n,)
-    need = np.minimum(need, np.isfinite(best_scores).sum(axis=1))  # (n,)
+    need = np.where((rows >= 0).all(axis=1), np.clip(min(slots, k) - listed_new.sum(axis=1), 0, None), 0)  # (n,)
     rows, scores = rows.copy(), scores.copy()
     for u in np.flatnonzero(need):
-        # Drop the `need[u]` lowest-ranked items with interactions; keep the rest in order.
-        known = np.flatnonzero(~is_new[u])  # (k - new,)
+        fresh = (best_rows[u] >= 0) & ~np.isin(best_rows[u], rows[u])  # (c,) not listed yet
+        extra_rows, extra_scores = best_rows[u][fresh][: need[u]], best_scores[u][fresh][: need[u]]
+        take = len(extra_rows)
+        if take == 0:
+            continue
+        # Drop the `take` lowest-ranked items with interactions; keep the rest in order.
+        known = np.flatnonzero(~listed_new[u])  # (k - listed new,)
         keep = np.ones(k, bool)
-        keep[known[len(known) - need[u]:]] = False
-        extra = new_rows[best[u, : need[u]]]  # (need,)
-        rows[u] = np.concatenate([rows[u][keep], extra])
-        scores[u] = np.concatenate([scores[u][keep], best_scores[u, : need[u]]])
-        placed[u, k - need[u]:] = True
+        keep[known[len(known) - take:]] = False
+        rows[u] = np.concatenate([rows[u][keep], extra_rows])
+        scores[u] = np.concatenate([scores[u][keep], extra_scores])
+        placed[u, k - take:] = True
     return rows, scores, placed
 
 
-def slot_candidate_scores(scores: np.ndarray, new_rows: np.ndarray, seen: list[np.ndarray]) -> np.ndarray:
-    """scores (n, m) of the new items for n users, seen[u] user u's seen rows -> the same
-    with -inf where the user has seen the item."""
-    out = np.array(scores, dtype=np.float64, copy=True)  # (n, m)
+def best_unseen(scores: np.ndarray, new_rows: np.ndarray, seen: list[np.ndarray], depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """scores (n, m) of the m new items at `new_rows` for n users, seen[u] user u's seen rows
+    -> each user's best `depth` unseen ones: rows (n, depth) (-1 where there are no more) and
+    their scores (n, depth), best first, ties by row."""
+    scores = np.array(scores, dtype=np.float32, copy=True)  # (n, m)
     for u, rows in enumerate(seen):
         if len(rows):
-            out[u, np.isin(new_rows, rows)] = -np.inf
-    return out
+            scores[u, np.isin(new_rows, rows)] = -np.inf
+    depth = min(depth, scores.shape[1])
+    top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth] if depth < scores.shape[1] else (
+        np.tile(np.arange(scores.shape[1]), (len(scores), 1)))  # (n, depth) unordered
+    top_scores = np.take_along_axis(scores, top, axis=1)  # (n, depth)
+    order = np.lexsort((new_rows[top], -top_scores), axis=1)  # (n, depth) best first, ties by row
+    top, top_scores = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_scores, order, axis=1)
+    return np.where(np.isfinite(top_scores), new_rows[top], -1), top_scores
 
 
 def items_without_interactions(item_ids, interacted) -> np.ndarray:

@@ -22,7 +22,7 @@ from chatrec.catalogue import ItemCatalogue
 from chatrec.encoder import PROGRESS_EVERY_S, fixed_size_list_to_numpy
 from chatrec.explain import because_rows, reason
 from chatrec.matcher.fusion import content_scores
-from chatrec.new_item_slots import SLOT_STRATEGY, reserve_new_item_slots, slot_candidate_scores
+from chatrec.new_item_slots import SLOT_STRATEGY, best_unseen, reserve_new_item_slots
 from chatrec.retrieval import ExactIndex, choose_backend
 
 logger = logging.getLogger(__name__)
@@ -69,6 +69,11 @@ class Recommender:
         self.fusion = _get(fusion)
         self.new_item_slots = new_item_slots
         self.new_rows = np.asarray(_get(new_rows) if new_rows is not None else [], dtype=np.int64)  # (m,)
+        self.is_new = np.zeros(self.catalogue.size, bool)  # (n_items,)
+        self.is_new[self.new_rows] = True
+        # Without fusion, each user's best new items come from an index of the new items alone.
+        self.new_index = (ExactIndex.build(self.catalogue.vectors[self.new_rows], backend)
+                          if self._slots and self.fusion is None else None)
         if self.fusion is not None:
             items = self.fusion["collaborative"].matrix.item_ids
             if list(items) != list(self.catalogue.item_ids):
@@ -94,8 +99,8 @@ class Recommender:
             placed = None
         else:
             top = self.index.search_excluding(queries, self.top_k, seen)  # (n, k)
-            new_scores = queries @ self.catalogue.vectors[self.new_rows].T if self._slots else None  # (n, m)
-            rows_of, scores_of, placed = self._reserve_slots(top.rows, top.scores, new_scores, seen)
+            best = self._best_new_from_index(queries, seen) if self._slots else None
+            rows_of, scores_of, placed = self._reserve_slots(top.rows, top.scores, best)
             explained = None
         out_user, out_rank, out_rows, out_scores, out_because, out_reason, out_strategy = [], [], [], [], [], [], []
         for u, user in enumerate(user_ids):
@@ -159,8 +164,8 @@ class Recommender:
             shape=(n, n_items),
         )
         top = top_k_excluding(fused, seen_matrix, self.top_k)  # (n, k)
-        new_scores = fused[:, self.new_rows] if self._slots else None  # (n, m)
-        codes, scores, placed = self._reserve_slots(top.codes, top.scores, new_scores, seen)
+        best = best_unseen(fused[:, self.new_rows], self.new_rows, seen, self._depth) if self._slots else None
+        codes, scores, placed = self._reserve_slots(top.codes, top.scores, best)
         picked = np.maximum(codes, 0)  # (n, k)
         rows_idx = np.arange(n)[:, None]
         cf_picked = cf_term[rows_idx, picked]  # (n, k)
@@ -193,12 +198,24 @@ class Recommender:
     def _slots(self) -> bool:
         return self.new_item_slots > 0 and len(self.new_rows) > 0
 
-    def _reserve_slots(self, rows: np.ndarray, scores: np.ndarray, new_scores: np.ndarray | None, seen):
+    @property
+    def _depth(self) -> int:
+        # Up to K of a user's best new items can already be in the list.
+        return self.top_k + self.new_item_slots
+
+    def _best_new_from_index(self, queries: np.ndarray, seen: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Each user's best `_depth` unseen new items: rows (n, depth), -1 past the last; scores."""
+        position = np.full(self.catalogue.size, -1, np.int64)
+        position[self.new_rows] = np.arange(len(self.new_rows))  # catalogue row -> row in new_index
+        seen_new = [position[s[self.is_new[s]]] for s in seen]
+        top = self.new_index.search_excluding(queries, self._depth, seen_new)  # (n, depth) in new_index rows
+        return np.where(top.rows >= 0, self.new_rows[np.maximum(top.rows, 0)], -1), top.scores
+
+    def _reserve_slots(self, rows: np.ndarray, scores: np.ndarray, best: tuple[np.ndarray, np.ndarray] | None):
         """(n, k) rows and scores -> the same with the new-item slots filled, and placed (n, k)."""
-        if new_scores is None:
+        if best is None:
             return rows, scores, np.zeros(rows.shape, bool)
-        candidates = slot_candidate_scores(new_scores, self.new_rows, seen)  # (n, m)
-        return reserve_new_item_slots(rows, scores, self.new_rows, candidates, self.new_item_slots)
+        return reserve_new_item_slots(rows, scores, self.is_new, *best, self.new_item_slots)
 
     def _report(self, rows: int) -> None:
         self._done += rows

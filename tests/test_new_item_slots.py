@@ -7,42 +7,52 @@ import pyarrow as pa
 import pytest
 
 from chatrec.config import RetrievalConfig
-from chatrec.new_item_slots import items_without_interactions, reserve_new_item_slots, slot_candidate_scores
+from chatrec.new_item_slots import best_unseen, items_without_interactions, reserve_new_item_slots
 
 NEG = -np.inf
+
+
+def _is_new(rows, n_items=10):
+    mask = np.zeros(n_items, bool)
+    mask[rows] = True
+    return mask
 
 
 def test_missing_new_items_replace_the_lowest_ranked_known_items_best_first():
     rows = np.array([[0, 1, 2, 3]])
     scores = np.array([[0.9, 0.8, 0.7, 0.6]])
-    new_rows = np.array([5, 6])
-    out_rows, out_scores, placed = reserve_new_item_slots(rows, scores, new_rows, np.array([[0.1, 0.3]]), 2)
+    best_rows, best_scores = best_unseen(np.array([[0.1, 0.3]]), np.array([5, 6]), [np.array([])], depth=6)
+    assert best_rows.tolist() == [[6, 5]]
+    out_rows, out_scores, placed = reserve_new_item_slots(rows, scores, _is_new([5, 6]), best_rows, best_scores, 2)
     assert out_rows.tolist() == [[0, 1, 6, 5]]
-    assert out_scores.tolist() == [[0.9, 0.8, 0.3, 0.1]]
+    assert np.allclose(out_scores, [[0.9, 0.8, 0.3, 0.1]])
     assert placed.tolist() == [[False, False, True, True]]
 
 
 def test_a_new_item_the_ranking_already_holds_counts_and_stays_where_it_is():
     rows = np.array([[0, 5, 1, 2]])
     scores = np.array([[0.9, 0.8, 0.7, 0.6]])
-    out_rows, _, placed = reserve_new_item_slots(rows, scores, np.array([5, 6]), np.array([[0.8, 0.2]]), 2)
+    best = best_unseen(np.array([[0.8, 0.2]]), np.array([5, 6]), [np.array([])], depth=6)
+    out_rows, _, placed = reserve_new_item_slots(rows, scores, _is_new([5, 6]), *best, 2)
     assert out_rows.tolist() == [[0, 5, 1, 6]]  # 2, the lowest known item, made way
     assert placed.tolist() == [[False, False, False, True]]
     # Already enough: nothing changes.
-    same_rows, _, none_placed = reserve_new_item_slots(rows, scores, np.array([5, 6]), np.array([[0.8, 0.2]]), 1)
+    same_rows, _, none_placed = reserve_new_item_slots(rows, scores, _is_new([5, 6]), *best, 1)
     assert same_rows.tolist() == rows.tolist() and not none_placed.any()
 
 
 def test_seen_new_items_are_never_placed_and_short_lists_are_left_alone():
     new_rows = np.array([5, 6])
-    candidates = slot_candidate_scores(np.array([[0.5, 0.4], [0.5, 0.4]]), new_rows, [np.array([5, 6]), np.array([6])])
-    assert candidates.tolist() == [[NEG, NEG], [0.5, NEG]]
+    best_rows, best_scores = best_unseen(np.array([[0.5, 0.4], [0.5, 0.4]]), new_rows,
+                                         [np.array([5, 6]), np.array([6])], depth=4)
+    assert best_rows.tolist() == [[-1, -1], [5, -1]]
     rows = np.array([[0, 1, 2], [0, 1, 2]])
-    out_rows, _, placed = reserve_new_item_slots(rows, np.ones((2, 3)), new_rows, candidates, 2)
+    out_rows, _, placed = reserve_new_item_slots(rows, np.ones((2, 3)), _is_new(new_rows), best_rows, best_scores, 2)
     assert out_rows.tolist() == [[0, 1, 2], [0, 1, 5]]  # user 0 has seen every new item
     assert placed.sum() == 1
     short = np.array([[0, 1, -1]])  # the catalogue ran out: every unseen item is already listed
-    assert reserve_new_item_slots(short, np.ones((1, 3)), new_rows, np.array([[0.5, 0.4]]), 2)[0].tolist() == [[0, 1, -1]]
+    assert reserve_new_item_slots(short, np.ones((1, 3)), _is_new(new_rows), best_rows[1:], best_scores[1:],
+                                  2)[0].tolist() == [[0, 1, -1]]
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -57,15 +67,15 @@ def test_random_lists_keep_the_best_known_items_and_hold_enough_new_ones(seed):
         ranked[u, s] = NEG
     rows = np.argsort(-ranked, axis=1)[:, :k]
     scores = np.take_along_axis(ranked, rows, axis=1)
-    out_rows, out_scores, placed = reserve_new_item_slots(
-        rows, scores, new, slot_candidate_scores(full[:, new], new, seen), slots)
+    best = best_unseen(full[:, new], new, seen, depth=k + slots)
+    out_rows, out_scores, placed = reserve_new_item_slots(rows, scores, _is_new(new, n_items), *best, slots)
     for u in range(6):
         listed = out_rows[u].tolist()
         available = len(set(new.tolist()) - set(seen[u].tolist()))
         assert len(set(listed)) == k and not set(listed) & set(seen[u].tolist())
         assert np.isin(listed, new).sum() >= min(slots, available)
-        assert np.all(np.diff(out_scores[u]) <= 0)  # still sorted by score
-        assert np.allclose(out_scores[u], full[u, out_rows[u]])
+        assert np.all(np.diff(out_scores[u]) <= 1e-6)  # still sorted by score
+        assert np.allclose(out_scores[u], full[u, out_rows[u]], atol=1e-6)
         known_kept = [r for r in listed if r not in new]
         known_ranked = [r for r in rows[u].tolist() if r not in new]
         assert known_kept == known_ranked[: len(known_kept)]  # the best known items stay, in order
