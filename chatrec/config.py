@@ -151,9 +151,10 @@ class HistoryConfig(_Strict):
         ge=0,
         le=1,
         description=(
-            "Share of the user vector taken from the encoded profile text (users table "
-            "attributes); 0 turns profiles off. Off by default: on MovieLens-100K a zero-shot "
-            "text encoder matches demographics to movie texts poorly (see README)."
+            "With the matcher off: share of the user vector taken from the encoded profile text "
+            "(users table attributes); 0 turns profiles off. Off by default: on MovieLens-100K a zero-shot "
+            "text encoder matches demographics to movie texts poorly (see README). With the matcher, "
+            "matcher.profile decides."
         ),
     )
     # A block of 4096 users with 50-item histories gathers ~200k item vectors (~300 MB at
