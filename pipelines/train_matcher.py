@@ -238,11 +238,11 @@ def matcher_artifacts(
     the ones it was trained with, if any."""
     from chatrec.baselines.ease import MAX_EASE_ITEMS
     from chatrec.matcher.fusion import collaborative_model, tune_fusion
-    from chatrec.matcher.training import build_model, item_vectors, text_only_vectors, user_vectors
+    from chatrec.matcher.training import build_model, item_vectors, read_only_tensor, text_only_vectors, user_vectors
 
     model = build_model(n_items=len(item_ids), text_dim=text.shape[1], params=trained.params)
     model.load_state_dict(trained.state_dict)
-    items = item_vectors(model, torch.from_numpy(text))  # (n_items, dim)
+    items = item_vectors(model, read_only_tensor(text))  # (n_items, dim)
     spec = _user_tower_spec(trained.state_dict, trained.params, len(item_ids), text, profiles)
     manifest = trained.manifest()
     fused = None
@@ -254,7 +254,7 @@ def matcher_artifacts(
         seqs = trained.data.sequences
         index = {u: i for i, u in enumerate(seqs.user_ids)}
 
-        text_only = text_only_vectors(model, torch.from_numpy(text))  # (n_items, dim)
+        text_only = text_only_vectors(model, read_only_tensor(text))  # (n_items, dim)
 
         def tower_scores_of(user_ids: list[str], against: torch.Tensor = items) -> np.ndarray:
             users = np.array([index[u] for u in user_ids], dtype=np.int64)
@@ -310,14 +310,14 @@ def saved_matcher(
     from the current texts, the fusion's tuned weight and scales kept, and EASE refit on
     `log` (the fit is deterministic, so a resumed run scores exactly as an uninterrupted one)."""
     from chatrec.matcher.fusion import Fusion, collaborative_model
-    from chatrec.matcher.training import build_model, item_vectors
+    from chatrec.matcher.training import build_model, item_vectors, read_only_tensor
 
     params = record["params"]
     state_dict = remap_item_rows(state_dict, saved_ids, item_ids)
     model = build_model(n_items=len(item_ids), text_dim=text.shape[1], params=params)
     model.load_state_dict(state_dict)
     with torch.no_grad():
-        items = item_vectors(model, torch.from_numpy(text)).numpy()  # (n_items, dim)
+        items = item_vectors(model, read_only_tensor(text)).numpy()  # (n_items, dim)
     spec = _user_tower_spec(state_dict, params, len(item_ids), text, profiles)
     fused = None
     if record.get("fusion") and "tower_scale" in record["fusion"]:

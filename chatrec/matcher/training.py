@@ -20,6 +20,7 @@ import logging
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,6 +98,15 @@ class SeenPairs:
         if self.dense is not None:
             return self.dense[users][:, items]
         return torch.isin(users[:, None] * self.n_items + items[None, :], self.keys)
+
+
+def read_only_tensor(array: np.ndarray) -> torch.Tensor:
+    """A zero-copy tensor over an array that may be read-only (Arrow buffers, the object
+    store): the towers only read it, so torch's warning about writes does not apply, and a
+    copy would double a catalogue-sized matrix."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
 
 
 def build_model(*, n_items: int, text_dim: int, params: dict) -> TwoTower:

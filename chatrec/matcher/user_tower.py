@@ -17,7 +17,7 @@ import torch
 from chatrec import schemas
 from chatrec.catalogue import ItemCatalogue
 from chatrec.encoder import to_fixed_size_list
-from chatrec.matcher.training import build_model, user_vectors
+from chatrec.matcher.training import build_model, read_only_tensor, user_vectors
 
 
 def padded_histories(recent_rows: pa.ListArray, max_len: int) -> np.ndarray:
@@ -47,7 +47,7 @@ class MatcherUserEncoder:
         self.model.load_state_dict(spec["state_dict"])
         self.model.eval()
         self.max_history = spec["params"]["max_history"]
-        self.items = torch.from_numpy(self.catalogue.vectors)  # (n_items, dim) item-tower vectors
+        self.items = read_only_tensor(self.catalogue.vectors)  # (n_items, dim) item-tower vectors
         self.profiles = spec.get("profiles")  # UserProfiles, or None: no profile token
 
     def __call__(self, batch: pa.Table) -> pa.Table:
