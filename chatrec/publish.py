@@ -168,9 +168,9 @@ class RunOutput:
         if self.count_rows(name) is None:
             self.write_table(name, schema.empty_table())
 
-    def count_rows(self, name: str, **equal_to) -> int | None:
+    def count_rows(self, name: str, where: pads.Expression | None = None) -> int | None:
         """Rows in a staged table (None when it has no files): read from Parquet footers, or,
-        given column=value filters, the rows that match them all."""
+        given `where`, the rows that match it."""
         directory = posixpath.join(self.staging_dir, name)
         if self.fs.get_file_info(directory).type != pafs.FileType.Directory:
             return None
@@ -181,14 +181,7 @@ class RunOutput:
         ]
         if not files:
             return None
-        dataset = pads.dataset(files, filesystem=self.fs, format="parquet")
-        if not equal_to:
-            return dataset.count_rows()
-        matches = [pads.field(column) == value for column, value in equal_to.items()]
-        condition = matches[0]
-        for match in matches[1:]:
-            condition = condition & match
-        return dataset.count_rows(filter=condition)
+        return pads.dataset(files, filesystem=self.fs, format="parquet").count_rows(filter=where)
 
     def write_bytes(self, name: str, data: bytes) -> None:
         """A file inside the staging run (e.g. matcher/model.pt)."""

@@ -182,11 +182,11 @@ def _run(cfg: ChatrecConfig, output: RunOutput, *, baseline: str | None, refresh
         raise RuntimeError("item embeddings do not cover the catalogue one-to-one")  # internal bug
     text_fingerprint = hashlib.sha256(f"{cache_key}:{TEMPLATE_VERSION}".encode()).hexdigest()[:16]
     # 4b. The matcher: trained on the log (or reused), its item tower replaces the text vectors
-    matcher, user_profiles = None, None
+    matcher, user_profiles, profile_hashes = None, None, []
     if cfg.matcher.enabled:
         if cfg.matcher.profile == "auto" and inputs.users is not None:
             with clock.stage("embed-profiles", "profiles") as m:
-                user_profiles, profiles_record = _profile_vectors(
+                user_profiles, profiles_record, profile_hashes = _profile_vectors(
                     inputs.users.table, output=output, cfg=cfg, cache_key=cache_key, fingerprint=fingerprint, dim=dim,
                     plan=enc_plan, precision=precision, in_driver_below=cfg.ray.in_driver_below if previous else 0)
                 m.rows = profiles_record["embedded"]
@@ -283,7 +283,7 @@ def _run(cfg: ChatrecConfig, output: RunOutput, *, baseline: str | None, refresh
                 )
             topk_record = {"users": histories.num_rows + len(fallback), "new_items": len(new_rows),
                            "new_item_slots": retrieval.new_item_slots,
-                           "rows_in_new_item_slots": output.count_rows(topk_table, strategy=SLOT_STRATEGY) or 0}
+                           "rows_in_new_item_slots": output.count_rows(topk_table, pads.field("strategy") == SLOT_STRATEGY) or 0}
             output.mark_complete("top-k", topk_record)
         m.rows = histories.num_rows + len(fallback)
 
@@ -373,7 +373,7 @@ def _run(cfg: ChatrecConfig, output: RunOutput, *, baseline: str | None, refresh
     if matcher is not None:
         _drop_checkpoints(output)
     if cfg.output.embedding_cache and embedding.get("cache_key"):
-        keep = texts.column("text_sha256").to_pylist() + (_profile_hashes(user_profiles) if user_profiles is not None else [])
+        keep = texts.column("text_sha256").to_pylist() + profile_hashes
         EmbeddingCache(cfg.output.path, embedding["cache_key"], dim).compact(keep)
     return RunResult(run_id=run_id, run_dir=output.published_path(), manifest=manifest)
 
@@ -472,9 +472,10 @@ PROFILE_EMBEDDINGS = f"{WORK_DIR}/profile_embeddings"
 
 
 def _profile_vectors(users: pa.Table, *, output: RunOutput, cfg: ChatrecConfig, cache_key: str, fingerprint: str,
-                     dim: int, plan, precision: str, in_driver_below: int) -> tuple[UserProfiles, dict]:
+                     dim: int, plan, precision: str, in_driver_below: int) -> tuple[UserProfiles, dict, list[str]]:
     """Every distinct profile text of the users table through the item encoder (and its
-    embedding cache), for the user tower's profile token."""
+    embedding cache), for the user tower's profile token. Also returns the texts' hashes:
+    the cache keeps their vectors when it is compacted."""
     text_of_user = {u: t for u, t in profile_texts(users).iter_rows() if t}
     distinct = sorted(set(text_of_user.values()))
     hashes = [hashlib.sha256(t.encode()).hexdigest() for t in distinct]
@@ -492,11 +493,7 @@ def _profile_vectors(users: pa.Table, *, output: RunOutput, cfg: ChatrecConfig, 
         ids, vectors = [], np.zeros((0, dim), np.float32)
     text_of_hash = dict(zip(hashes, distinct))
     profiles = UserProfiles({text_of_hash[h]: row for row, h in enumerate(ids)}, vectors, text_of_user)
-    return profiles, record
-
-
-def _profile_hashes(profiles: UserProfiles) -> list[str]:
-    return [hashlib.sha256(t.encode()).hexdigest() for t in profiles.row_of_text]
+    return profiles, record, hashes
 
 
 def _matcher(cfg, clock, resources, output, text, item_ids, log, *, done, previous, text_fingerprint,
