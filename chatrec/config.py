@@ -217,11 +217,17 @@ class MatcherConfig(_Strict):
         description="auto: with a users table, each user's profile text (its attributes) is encoded by the item "
         "encoder and enters the user tower as one more token; off: the tower reads the history alone.",
     )
-    text_encoder: Literal["frozen"] = Field(
+    # Frozen by default: finetuning runs the top layers over the catalogue's tokens at every
+    # step, a GPU's work (BENCHMARKS.md has its cost and effect on MovieLens-100K, 2 CPU cores).
+    text_encoder: Literal["frozen", "finetune"] = Field(
         "frozen",
-        description="frozen: item text vectors come from the embedding stage, computed once. "
-        "Finetuning the encoder's top layers is not available yet.",
+        description="frozen: item text vectors come from the embedding stage, computed once (the fast default). "
+        "finetune: the encoder's top `finetune_layers` layers train with the matcher, over token states "
+        "computed once below them; the item tower reads the vectors they give.",
     )
+    finetune_layers: int = Field(1, ge=1, description="With text_encoder: finetune, how many top encoder layers train.")
+    # Transformer finetuning's usual rate: the towers' 2e-3 would wreck pretrained weights.
+    encoder_lr: float = Field(5e-5, gt=0, description="With text_encoder: finetune, the top layers' learning rate.")
     from_run: str | None = Field(
         None,
         description="Score with a matcher trained by `chatrec train` instead of training one: its run directory, "

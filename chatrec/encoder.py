@@ -16,7 +16,7 @@ import pyarrow as pa
 import torch
 
 from chatrec.errors import ModelLoadError
-from chatrec.model_loading import model_fingerprint, resolve_model_dir
+from chatrec.model_loading import resolve_checked, resolve_model_dir
 from chatrec.schemas import embedding_type
 
 logger = logging.getLogger(__name__)
@@ -109,12 +109,7 @@ class TextEncoder:
             torch.set_num_threads(num_threads)
         if device == "cuda" and not torch.cuda.is_available():
             raise ModelLoadError("GPU encoding was requested but torch sees no CUDA device on this node")
-        model_dir = resolve_model_dir(model)
-        if fingerprint is not None and model_fingerprint(model_dir) != fingerprint:
-            raise ModelLoadError(
-                f"model {model!r} on this node differs from the driver's (fingerprint "
-                f"{model_fingerprint(model_dir)} != {fingerprint}); install the same weights everywhere"
-            )
+        model_dir = resolve_checked(model, fingerprint)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
         self.model = AutoModel.from_pretrained(model_dir, dtype=dtype).to(device).eval()

@@ -97,3 +97,15 @@ def model_fingerprint(model_dir: Path) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()[:16]
+
+
+def resolve_checked(spec: str, fingerprint: str | None, role: str = "model") -> Path:
+    """`resolve_model_dir` on a worker node, checked against the driver's fingerprint: a node
+    with other weights under the same spec is an error, not a silent mix of models."""
+    model_dir = resolve_model_dir(spec)
+    if fingerprint is not None and model_fingerprint(model_dir) != fingerprint:
+        raise ModelLoadError(
+            f"{role} {spec!r} on this node differs from the driver's (fingerprint "
+            f"{model_fingerprint(model_dir)} != {fingerprint}); install the same weights everywhere"
+        )
+    return model_dir

@@ -60,6 +60,8 @@ from chatrec.retention import prune_runs
 from chatrec.recommender import popularity_rows
 from chatrec.retrieval import ExactIndex
 from chatrec.matcher.profiles import UserProfiles
+from chatrec.matcher.token_states import TokenStates, encode_token_states
+from chatrec.matcher.training import finetunes_text
 from chatrec.matcher.user_tower import MatcherUserEncoder
 from chatrec.runtime import connect, encoder_plan, encoder_precision, retrieval_plan, trainer_plan, user_plan
 from chatrec.user_vectors import RecencyMeanUserEncoder
@@ -191,8 +193,17 @@ def _run(cfg: ChatrecConfig, output: RunOutput, *, baseline: str | None, refresh
                     plan=enc_plan, precision=precision, in_driver_below=cfg.ray.in_driver_below if previous else 0)
                 m.rows = profiles_record["embedded"]
                 m.detail = f"{profiles_record['texts']} distinct texts, {profiles_record['reused']} from the cache"
+
+        def token_states_of(layers: int) -> TokenStates:
+            with clock.stage("token-states", "items") as m:
+                states = _token_states(cfg, texts.column("text").to_pylist(), enc_plan, fingerprint, layers)
+                m.rows = states.n_items
+                m.detail = f"below the top {layers} encoder layer(s): {states.states.nbytes / 1e6:.0f} MB"
+            return states
+
         matcher = _matcher(cfg, clock, resources, output, vectors, item_ids, pl.from_arrow(inputs.interactions.table),
-                           done=done, previous=previous, text_fingerprint=text_fingerprint, profiles=user_profiles)
+                           done=done, previous=previous, text_fingerprint=text_fingerprint, profiles=user_profiles,
+                           token_states_of=token_states_of)
         if user_profiles is not None:
             matcher.manifest["profiles"] = profiles_record
         vectors = matcher.item_vectors
@@ -496,17 +507,35 @@ def _profile_vectors(users: pa.Table, *, output: RunOutput, cfg: ChatrecConfig, 
     return profiles, record, hashes
 
 
+def _token_states(cfg: ChatrecConfig, texts: list[str], plan, fingerprint: str, layers: int) -> TokenStates:
+    """The catalogue's token states below the encoder's top `layers`, computed by one task
+    with an encoder actor's resources (its GPU, if it has one)."""
+    task = ray.remote(encode_token_states).options(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus)
+    return ray.get(task.remote(model=cfg.encoder.model, fingerprint=fingerprint, texts=texts,
+                               max_length=cfg.encoder.max_length, top_layers=layers,
+                               batch_size=cfg.encoder.batch_size, device=plan.device, num_threads=plan.threads))
+
+
+def _states_for(record: dict, token_states_of) -> TokenStates | None:
+    """A saved matcher's token states for the current catalogue, if its encoder top was finetuned."""
+    params = record["params"]
+    return token_states_of(params["text_encoder"]["layers"]) if finetunes_text(params) else None
+
+
 def _matcher(cfg, clock, resources, output, text, item_ids, log, *, done, previous, text_fingerprint,
-             profiles) -> MatcherArtifacts:
+             profiles, token_states_of) -> MatcherArtifacts:
     """The matcher's artifacts: from this run's staging (resume), the previous run (refresh
     policy allows), or trained now with Ray Train. Its weights and item vectors go into the
-    run (matcher/)."""
+    run (matcher/). `token_states_of(layers)` computes the catalogue's token states for a
+    matcher whose encoder top is finetuned."""
     params = model_params(cfg.matcher, profiles is not None)
     if "train-matcher" in done:
+        record = output.stage_record("train-matcher")
+        states = _states_for(record, token_states_of)
         with clock.stage("train-matcher", "examples") as m:
             state = torch.load(io.BytesIO(output.read_bytes("matcher/model.pt")), weights_only=True, map_location="cpu")
-            artifacts = saved_matcher(state_dict=state, saved_ids=item_ids, record=output.stage_record("train-matcher"),
-                                      text=text, item_ids=item_ids, log=log, profiles=profiles)
+            artifacts = saved_matcher(state_dict=state, saved_ids=item_ids, record=record, text=text,
+                                      item_ids=item_ids, log=log, profiles=profiles, token_states=states)
             m.detail = "completed by an earlier attempt"
         return artifacts
     output.reset("matcher")
@@ -523,15 +552,17 @@ def _matcher(cfg, clock, resources, output, text, item_ids, log, *, done, previo
         why = previous.retrain_reason(cfg.refresh, params=params, text_fingerprint=text_fingerprint,
                                       log_rows=log.height) if previous is not None else "no previous run"
     if previous is not None and why is None:
+        state, saved_ids, record = previous.matcher_state()
+        states = _states_for(record, token_states_of)
         with clock.stage("train-matcher", "examples") as m:
-            state, saved_ids, record = previous.matcher_state()
-            artifacts = saved_matcher(state_dict=state, saved_ids=saved_ids, record=record,
-                                      text=text, item_ids=item_ids, log=log, profiles=profiles)
+            artifacts = saved_matcher(state_dict=state, saved_ids=saved_ids, record=record, text=text,
+                                      item_ids=item_ids, log=log, profiles=profiles, token_states=states)
             artifacts.manifest["refresh"] = {"retrained": False, "reused_from": previous.run_id,
                                              "policy": "matcher.from_run" if cfg.matcher.from_run else cfg.refresh.retrain}
             m.detail = f"reused from run {previous.run_id} (trained in {record['trained_in_run']})"
     else:
-        artifacts = _train_matcher(cfg, clock, resources, output, output.run_id, text, item_ids, log, profiles)
+        states = token_states_of(cfg.matcher.finetune_layers) if finetunes_text(params) else None
+        artifacts = _train_matcher(cfg, clock, resources, output, output.run_id, text, item_ids, log, profiles, states)
         artifacts.manifest.update(trained_in_run=output.run_id, trained_at=utc_now(), log_rows=log.height,
                                   text_fingerprint=text_fingerprint,
                                   refresh={"retrained": True, "reason": why, "policy": cfg.refresh.retrain})
@@ -549,7 +580,7 @@ def _matcher(cfg, clock, resources, output, text, item_ids, log, *, done, previo
     return artifacts
 
 
-def _train_matcher(cfg, clock, resources, output, run_id, text, item_ids, log, profiles) -> MatcherArtifacts:
+def _train_matcher(cfg, clock, resources, output, run_id, text, item_ids, log, profiles, token_states) -> MatcherArtifacts:
     """Train the matcher with Ray Train, then tune the fusion."""
     plan = trainer_plan(cfg.matcher, resources)
     # Checkpoints live beside the runs, not in the staging run, so Ray Train's own resume
@@ -557,7 +588,7 @@ def _train_matcher(cfg, clock, resources, output, run_id, text, item_ids, log, p
     storage = f"{output.root_uri}/{MATCHER_CHECKPOINTS}" if not output.local else os.path.join(output.root, MATCHER_CHECKPOINTS)
     with clock.stage("train-matcher", "examples") as m:
         trained = train_matcher(text=text, item_ids=item_ids, log=log, cfg=cfg.matcher, plan=plan,
-                                storage=storage, name=run_id, profiles=profiles)
+                                storage=storage, name=run_id, profiles=profiles, token_states=token_states)
         m.rows = int(len(trained.data.sequences.examples()[0]))
         best = trained.manifest()["validation"]
         m.detail = (f"{len(trained.state['history'])} epochs, best {trained.state['best_epoch']}: "

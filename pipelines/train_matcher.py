@@ -34,7 +34,8 @@ from chatrec.errors import ConfigError, InputDataError
 from chatrec.evaluation.splits import split_user_time
 from chatrec.matcher.profiles import UserProfiles
 from chatrec.matcher.sequences import build_sequences
-from chatrec.matcher.training import BEST_FILE, STATE_FILE, TrainingData, train_loop_per_worker
+from chatrec.matcher.token_states import TokenStates
+from chatrec.matcher.training import BEST_FILE, STATE_FILE, TrainingData, finetunes_text, train_loop_per_worker
 from chatrec.runtime import ActorPlan
 
 logger = logging.getLogger(__name__)
@@ -48,8 +49,11 @@ MODEL_PARAMS = ("dim", "max_history", "heads", "layers", "dropout", "temperature
 
 
 def model_params(cfg: MatcherConfig, profile: bool) -> dict:
-    """The matcher's parameters as its manifest records them (a change means retraining)."""
-    return {**{k: getattr(cfg, k) for k in MODEL_PARAMS}, "profile": profile}
+    """The matcher's parameters as its manifest records them (a change means retraining).
+    `text_encoder` is there only when the encoder's top layers are finetuned."""
+    finetune = {"text_encoder": {"mode": "finetune", "layers": cfg.finetune_layers, "lr": cfg.encoder_lr}}
+    return {**{k: getattr(cfg, k) for k in MODEL_PARAMS}, "profile": profile,
+            **(finetune if cfg.text_encoder == "finetune" else {})}
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,7 @@ def hold_out(log: pl.DataFrame, share: float) -> tuple[pl.DataFrame, pl.DataFram
 
 def training_data(
     text: np.ndarray, item_rows: dict[str, int], train: pl.DataFrame, valid: pl.DataFrame,
-    profiles: UserProfiles | None = None,
+    profiles: UserProfiles | None = None, token_states: TokenStates | None = None,
 ) -> TrainingData:
     seqs = build_sequences(train, item_rows, len(item_rows))
     user_index = {u: i for i, u in enumerate(seqs.user_ids)}
@@ -108,7 +112,8 @@ def training_data(
         kept = np.setdiff1d(np.array(items, np.int64), own)
         if len(kept):
             fresh[u] = kept
-    return TrainingData.build(text, seqs, fresh, profiles.of_users(seqs.user_ids) if profiles is not None else None)
+    return TrainingData.build(text, seqs, fresh, profiles.of_users(seqs.user_ids) if profiles is not None else None,
+                              token_states)
 
 
 def latest_checkpoint(storage: str, name: str) -> Checkpoint | None:
@@ -137,10 +142,12 @@ def train_matcher(
     storage: str,
     name: str,
     profiles: UserProfiles | None = None,
+    token_states: TokenStates | None = None,
     fault_injection: dict | None = None,
 ) -> TrainedMatcher:
     """Train on `log` (user_id, item_id, timestamp) with item text vectors `text` (n_items, d)
-    and, given `profiles`, a profile token in the user tower.
+    and, given `profiles`, a profile token in the user tower. With `cfg.text_encoder`
+    finetune, `token_states` (chatrec.matcher.token_states) feed the encoder's top layers.
 
     `fault_injection` (tests only) makes a worker crash once, e.g.
     {"fail_once_at_epoch": 1, "fail_marker": "/tmp/x"}.
@@ -148,8 +155,11 @@ def train_matcher(
     started = time.perf_counter()
     item_rows = {item: row for row, item in enumerate(item_ids)}
     # 1. validation hold-out  2. sequences and examples
+    params = model_params(cfg, profiles is not None)
+    if finetunes_text(params) and (token_states is None or token_states.top_layers != cfg.finetune_layers):
+        raise ValueError("matcher.text_encoder finetune needs token states below its top layers")  # caller's bug
     train, valid = hold_out(log, cfg.validation_share)
-    data = training_data(text, item_rows, train, valid, profiles)
+    data = training_data(text, item_rows, train, valid, profiles, token_states if finetunes_text(params) else None)
     users, positions = data.sequences.examples()
     if len(users) < 2:
         raise InputDataError(
@@ -157,7 +167,6 @@ def train_matcher(
             f"{len(users)} training example(s): add interactions or set matcher.enabled: false"
         )
     examples = ray.data.from_arrow(pa.table({"user": users, "position": positions}))
-    params = model_params(cfg, profiles is not None)
     if cfg.dim % cfg.heads:
         raise ConfigError(f"matcher.dim ({cfg.dim}) must be divisible by matcher.heads ({cfg.heads})")
     logger.info(
@@ -229,20 +238,41 @@ class MatcherArtifacts:
     manifest: dict
 
 
+def tower_text(state_dict: dict, params: dict, text: np.ndarray, token_states: TokenStates | None) -> np.ndarray:
+    """What the item tower reads: the frozen text vectors `text` (n_items, d), or with a
+    finetuned encoder top the vectors it computes from the catalogue's token states."""
+    from chatrec.matcher.training import finetuned_text
+
+    if not finetunes_text(params):
+        return text
+    if token_states is None or token_states.n_items != len(text):
+        raise ValueError("a matcher with a finetuned encoder top needs the catalogue's token states")  # caller's bug
+    return finetuned_text(state_dict, token_states)
+
+
+def _towers(state_dict: dict, params: dict, n_items: int, text_dim: int):
+    from chatrec.matcher.training import build_model, tower_weights
+
+    model = build_model(n_items=n_items, text_dim=text_dim, params=params)
+    model.load_state_dict(tower_weights(state_dict))
+    return model
+
+
 def matcher_artifacts(
     trained: TrainedMatcher, *, text: np.ndarray, item_ids: list[str], log: pl.DataFrame, fusion: str,
     profiles: UserProfiles | None = None,
 ) -> MatcherArtifacts:
     """Item-tower vectors for the catalogue, the user tower's spec, and (optionally) the
     fusion with recency-weighted EASE tuned on the same validation hold-out. `profiles`:
-    the ones it was trained with, if any."""
+    the ones it was trained with, if any. `text` are the frozen text vectors: the fusion's
+    zero-shot text score reads them whether or not the towers' encoder top was finetuned."""
     from chatrec.baselines.ease import MAX_EASE_ITEMS
     from chatrec.matcher.fusion import collaborative_model, tune_fusion
-    from chatrec.matcher.training import build_model, item_vectors, read_only_tensor, text_only_vectors, user_vectors
+    from chatrec.matcher.training import item_vectors, read_only_tensor, text_only_vectors, user_vectors
 
-    model = build_model(n_items=len(item_ids), text_dim=text.shape[1], params=trained.params)
-    model.load_state_dict(trained.state_dict)
-    items = item_vectors(model, read_only_tensor(text))  # (n_items, dim)
+    model = _towers(trained.state_dict, trained.params, len(item_ids), text.shape[1])
+    towers_text = read_only_tensor(tower_text(trained.state_dict, trained.params, text, trained.data.token_states))
+    items = item_vectors(model, towers_text)  # (n_items, dim)
     spec = _user_tower_spec(trained.state_dict, trained.params, len(item_ids), text, profiles)
     manifest = trained.manifest()
     fused = None
@@ -254,7 +284,7 @@ def matcher_artifacts(
         seqs = trained.data.sequences
         index = {u: i for i, u in enumerate(seqs.user_ids)}
 
-        text_only = text_only_vectors(model, read_only_tensor(text))  # (n_items, dim)
+        text_only = text_only_vectors(model, towers_text)  # (n_items, dim)
 
         def tower_scores_of(user_ids: list[str], against: torch.Tensor = items) -> np.ndarray:
             users = np.array([index[u] for u in user_ids], dtype=np.int64)
@@ -304,20 +334,23 @@ def remap_item_rows(state_dict: dict[str, torch.Tensor], saved_ids: list[str], i
 def saved_matcher(
     *, state_dict: dict[str, torch.Tensor], saved_ids: list[str], record: dict,
     text: np.ndarray, item_ids: list[str], log: pl.DataFrame, profiles: UserProfiles | None = None,
+    token_states: TokenStates | None = None,
 ) -> MatcherArtifacts:
     """Artifacts of a matcher trained earlier (`record`: its manifest entry, `saved_ids`: the
     catalogue it was saved with) for the current catalogue and log: item vectors recomputed
-    from the current texts, the fusion's tuned weight and scales kept, and EASE refit on
-    `log` (the fit is deterministic, so a resumed run scores exactly as an uninterrupted one)."""
+    from the current texts (through its finetuned encoder top, if it has one: then
+    `token_states` of the current catalogue), the fusion's tuned weight and scales kept, and
+    EASE refit on `log` (the fit is deterministic, so a resumed run scores exactly as an
+    uninterrupted one)."""
     from chatrec.matcher.fusion import Fusion, collaborative_model
-    from chatrec.matcher.training import build_model, item_vectors, read_only_tensor
+    from chatrec.matcher.training import item_vectors, read_only_tensor
 
     params = record["params"]
     state_dict = remap_item_rows(state_dict, saved_ids, item_ids)
-    model = build_model(n_items=len(item_ids), text_dim=text.shape[1], params=params)
-    model.load_state_dict(state_dict)
+    model = _towers(state_dict, params, len(item_ids), text.shape[1])
+    towers_text = tower_text(state_dict, params, text, token_states)  # (n_items, d)
     with torch.no_grad():
-        items = item_vectors(model, read_only_tensor(text)).numpy()  # (n_items, dim)
+        items = item_vectors(model, read_only_tensor(towers_text)).numpy()  # (n_items, dim)
     spec = _user_tower_spec(state_dict, params, len(item_ids), text, profiles)
     fused = None
     if record.get("fusion") and "tower_scale" in record["fusion"]:

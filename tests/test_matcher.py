@@ -102,8 +102,12 @@ def test_a_tiny_matcher_learns_what_follows_what():
         for epoch in range(40)
     ]
     assert losses[-1] < 0.5 * losses[0]
-    vectors = item_vectors(model, text)  # (n_items, dim)
-    for i in range(6):
+    assert_b_follows_a(model, item_vectors(model, text), items)
+
+
+def assert_b_follows_a(model, vectors, items, n_pairs: int = 6):
+    """After a{i} alone, b{i} is the user's best unseen item (pairs_log's answer)."""
+    for i in range(n_pairs):
         history = np.array([[items.index(f"a{i}"), -1, -1, -1]])
         scores = (user_vectors(model, vectors, history) @ vectors.T)[0]
         scores[items.index(f"a{i}")] = float("-inf")

@@ -243,7 +243,9 @@ def test_chatrec_train_publishes_a_matcher_that_runs_score_with(ray_cluster, tin
     rows = [{"user_id": f"u{u:02d}", "item_id": items[(u + k) % 8], "timestamp": 10 * u + k}
             for u in range(12) for k in range(4)]
     paths["interactions"] = write_parquet(tmp_path / "log.parquet", rows)
-    matcher = {"enabled": True, "max_epochs": 1, "dim": 16, "batch_size": 32}
+    # Trained with the encoder's top layer finetuned: scoring with it must apply that layer.
+    matcher = {"enabled": True, "max_epochs": 1, "dim": 16, "batch_size": 32, "text_encoder": "finetune",
+               "encoder_lr": 1e-3}
     config_file = tmp_path / "train.yaml"
     config_file.write_text(json.dumps({
         "inputs": {"items": str(paths["items"]), "interactions": str(paths["interactions"])},
@@ -254,12 +256,28 @@ def test_chatrec_train_publishes_a_matcher_that_runs_score_with(ray_cluster, tin
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["run_dir"] == str(tmp_path / "out" / "matchers" / "runs" / "weekly")
     assert summary["matcher"]["epochs_run"] == 1
+    manifest = json.loads(open(os.path.join(summary["run_dir"], "manifest.json")).read())
+    assert manifest["matcher"]["params"]["text_encoder"] == {"mode": "finetune", "layers": 1, "lr": 1e-3}
     assert sorted(os.listdir(summary["run_dir"])) == ["item_embeddings", "manifest.json", "matcher", "rejects"]
+    import torch
+
+    state = torch.load(os.path.join(summary["run_dir"], "matcher", "model.pt"), weights_only=True)
+    assert any(k.startswith("text_top.layers.0.") for k in state)
     assert not (tmp_path / "out" / "LATEST").exists()  # serving's LATEST is not a training run's
 
     result = run_job(config(paths, tmp_path / "out", tiny_model_dir, output__run_id="scored", matcher__enabled=True,
                             matcher__from_run=str(tmp_path / "out" / "matchers"), matcher__dim=16,
                             matcher__max_epochs=1, matcher__batch_size=32))
     assert result.manifest["matcher"]["trained_in_run"] == "weekly"
-    assert "fusion" not in [s["name"] for s in result.manifest["stages"]]  # nothing was trained here
+    stages = [s["name"] for s in result.manifest["stages"]]
+    assert "fusion" not in stages and "token-states" in stages  # nothing was trained here; the top was applied
     assert len(recs_by_user(result.run_dir)) == 12
+    # The same catalogue through the saved towers and finetuned top: the same item vectors.
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    trained, scored = (pq.read_table(os.path.join(d, "matcher", "item_vectors.parquet"))
+                       for d in (summary["run_dir"], result.run_dir))
+    assert trained.column("item_id").to_pylist() == scored.column("item_id").to_pylist()
+    assert np.allclose(np.array(trained.column("embedding").to_pylist()),
+                       np.array(scored.column("embedding").to_pylist()), atol=1e-5)

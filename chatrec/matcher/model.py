@@ -14,6 +14,11 @@ attributes), projected to the shared space, is one more token after the history:
 items attend to it. A user without a profile has that token masked.
 
 Score = cosine(user, item) * exp(log_scale): a learned temperature.
+
+Text encoder: frozen by default, the item tower reading the embedding stage's vectors.
+With a `TextTop`, the encoder's top layers are part of the model and train with it: the
+item tower then reads the vectors they pool from each item's token states below them
+(chatrec.matcher.token_states), and their learning rate is the encoder's own, lower one.
 """
 
 from __future__ import annotations
@@ -23,6 +28,46 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+class TextTop(nn.Module):
+    """The text encoder's top layers: token states below them -> unit text vectors, pooled
+    as the embedding stage pools (mean over real tokens, then L2). Loaded from the
+    pretrained encoder, they reproduce its vectors exactly until they are trained."""
+
+    def __init__(self, layers: nn.ModuleList, config) -> None:
+        super().__init__()
+        self.layers = layers
+        self.config = config  # the encoder's: how its layers build their attention mask
+
+    @classmethod
+    def from_pretrained(cls, model_dir, top_layers: int) -> "TextTop":
+        from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
+
+        from chatrec.matcher.token_states import check_top_layers, encoder_layers
+
+        hf_logging.disable_progress_bar()  # bars garble worker logs
+        encoder = AutoModel.from_pretrained(model_dir)
+        check_top_layers(encoder, top_layers)
+        layers = encoder_layers(encoder)
+        return cls(nn.ModuleList(list(layers)[len(layers) - top_layers :]), encoder.config)
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """states (m, t, hidden), mask (m, t) 1 on real tokens -> (m, hidden) unit vectors."""
+        from transformers.masking_utils import create_bidirectional_mask
+
+        from chatrec.encoder import mean_pool
+
+        attention = create_bidirectional_mask(config=self.config, inputs_embeds=states, attention_mask=mask)
+        for layer in self.layers:
+            out = layer(states, attention)
+            states = out[0] if isinstance(out, tuple) else out  # (m, t, hidden); older layers return tuples
+        return F.normalize(mean_pool(states, mask), dim=-1)  # (m, hidden)
+
+    def encode(self, batch) -> torch.Tensor:
+        """A TokenBatch (chatrec.matcher.token_states) of m items -> (m, hidden), bucket by bucket."""
+        return batch.unbucket(torch.cat([self(states, mask) for states, mask in batch.buckets]))  # (m, hidden)
 
 
 class TwoTower(nn.Module):
@@ -39,6 +84,7 @@ class TwoTower(nn.Module):
         temperature: float,
         id_dropout: float = 0.0,
         profile: bool = False,
+        text_top: TextTop | None = None,
     ) -> None:
         super().__init__()
         self.n_items, self.text_dim, self.dim, self.max_history = n_items, text_dim, dim, max_history
@@ -57,6 +103,12 @@ class TwoTower(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.profile_projection = nn.Linear(text_dim, dim) if profile else None
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
+        self.text_top = text_top  # None: the text encoder is frozen
+
+    def text_vectors(self, item_text) -> torch.Tensor:
+        """item_text: (m, text_dim) text vectors, or with a text top the m items' token
+        states (a TokenBatch) -> (m, text_dim)."""
+        return item_text if self.text_top is None else self.text_top.encode(item_text)
 
     def items(self, text: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """text (m, text_dim) of the items at `rows` (m,) -> unit item vectors (m, dim)."""
@@ -89,16 +141,17 @@ class TwoTower(nn.Module):
         return F.normalize(h[:, 0], dim=-1)  # (b, dim): read at the newest item
 
     def forward(
-        self, item_text: torch.Tensor, item_rows: torch.Tensor, history: torch.Tensor, targets: torch.Tensor,
+        self, item_text, item_rows: torch.Tensor,
+        history: torch.Tensor, targets: torch.Tensor,
         profile: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """In-batch logits: every user in the batch against every target in the batch.
 
         The batch's distinct items go through the item tower once: item_text (m, text_dim)
-        and item_rows (m,); history (b, L) and targets (b,) index into those m items
+        (or a text top's input, see `text_vectors`) and item_rows (m,); history (b, L) and targets (b,) index into those m items
         (history -1 where padded); profile (b, text_dim) or None. Returns (b, b).
         """
-        vectors = self.items(item_text, item_rows)  # (m, dim)
+        vectors = self.items(self.text_vectors(item_text), item_rows)  # (m, dim)
         padded = history < 0  # (b, L)
         users = self.users(vectors[history.clamp(min=0)], padded, profile)  # (b, dim)
         return users @ vectors[targets].T * self.scale()  # (b, b)

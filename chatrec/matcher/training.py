@@ -11,6 +11,11 @@ The Ray Train loop (`train_loop_per_worker`) runs on every worker: DDP over the 
 examples from the "train" dataset shard, validation NDCG@10 / Recall@10 after each epoch
 reported with a checkpoint, early stopping on validation NDCG@10, and resumption from the
 checkpoint Ray Train hands back after a failure or a re-run.
+
+With the encoder's top layers finetuned (`params["text_encoder"]`), each step runs them over
+the token states of the items it needs (TrainingData.token_states) and they take part in
+the model's state dict as `text_top.*`; the user stage never needs them, since it reads
+item-tower vectors (`tower_weights`).
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from chatrec.encoder import PROGRESS_EVERY_S
 from chatrec.evaluation.metrics import ndcg_of_topk
-from chatrec.matcher.model import TwoTower
+from chatrec.matcher.model import TextTop, TwoTower
 from chatrec.matcher.sequences import Sequences
+from chatrec.matcher.token_states import TokenStates
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +60,12 @@ class TrainingData:
     # (n_users, text_dim) float32 profile text vectors in `sequences.user_ids` order, a zero
     # row for a user without a profile; None: no profile token.
     profiles: np.ndarray | None = None
+    # Each item's token states below the finetuned top layers; None: the encoder is frozen.
+    token_states: TokenStates | None = None
 
     @classmethod
     def build(cls, text: np.ndarray, sequences: Sequences, valid: dict[int, np.ndarray],
-              profiles: np.ndarray | None = None) -> "TrainingData":
+              profiles: np.ndarray | None = None, token_states: TokenStates | None = None) -> "TrainingData":
         users, positions = sequences.examples()
         targets = sequences.targets(users, positions)  # (n_examples,) what in-batch candidates are drawn from
         counts = np.bincount(targets, minlength=sequences.n_items).astype(np.float64)  # (n_items,)
@@ -65,11 +74,16 @@ class TrainingData:
         has_id = np.bincount(sequences.items, minlength=sequences.n_items) > 0  # (n_items,)
         valid_users = np.array(sorted(valid), dtype=np.int64)
         return cls(text.astype(np.float32), sequences, valid_users, [valid[u] for u in valid_users], log_q, has_id,
-                   None if profiles is None else profiles.astype(np.float32))
+                   None if profiles is None else profiles.astype(np.float32), token_states)
 
     def profiles_of(self, users: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor | None:
         """users (b,) indices into `sequences` -> (b, text_dim) profile vectors, or None."""
         return None if self.profiles is None else torch.from_numpy(self.profiles[users]).to(device)
+
+    def item_text(self, rows: torch.Tensor, text: torch.Tensor):
+        """The item tower's text input for `rows` (m,): their frozen vectors (m, text_dim)
+        from `text`, or with a finetuned top their token states (a TokenBatch)."""
+        return text[rows] if self.token_states is None else self.token_states.batch(rows, text.device)
 
 
 # A dense user x item bitmap up to 64M cells (64 MB of bools): a (b, b) lookup is a
@@ -109,7 +123,25 @@ def read_only_tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array)
 
 
-def build_model(*, n_items: int, text_dim: int, params: dict) -> TwoTower:
+TEXT_TOP_PREFIX = "text_top."
+
+
+def finetunes_text(params: dict) -> bool:
+    """Whether these matcher params finetune the encoder's top layers."""
+    return bool(params.get("text_encoder"))
+
+
+def tower_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict without the finetuned text top: the towers alone, as scoring loads them."""
+    return {k: v for k, v in state_dict.items() if not k.startswith(TEXT_TOP_PREFIX)}
+
+
+def text_top_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k[len(TEXT_TOP_PREFIX):]: v for k, v in state_dict.items() if k.startswith(TEXT_TOP_PREFIX)}
+
+
+def build_model(*, n_items: int, text_dim: int, params: dict, text_top: TextTop | None = None) -> TwoTower:
+    """The towers of `params`; `text_top` only for training a finetuned text encoder."""
     return TwoTower(
         n_items=n_items,
         text_dim=text_dim,
@@ -122,7 +154,37 @@ def build_model(*, n_items: int, text_dim: int, params: dict) -> TwoTower:
         # Absent from the params of matchers saved before these existed: they had none.
         id_dropout=params.get("id_dropout", 0.0),
         profile=params.get("profile", False),
+        text_top=text_top,
     )
+
+
+def build_optimizer(model: TwoTower, params: dict) -> torch.optim.Optimizer:
+    """AdamW; a finetuned text top learns at the encoder's own, lower rate."""
+    top = [p for name, p in model.named_parameters() if name.startswith(TEXT_TOP_PREFIX)]
+    rest = [p for name, p in model.named_parameters() if not name.startswith(TEXT_TOP_PREFIX)]
+    groups = [{"params": rest}] + ([{"params": top, "lr": params["text_encoder"]["lr"]}] if top else [])
+    return torch.optim.AdamW(groups, lr=params["lr"], weight_decay=params["weight_decay"])
+
+
+@torch.no_grad()
+def finetuned_text(state_dict: dict[str, torch.Tensor], token_states: TokenStates, chunk: int = 1024) -> np.ndarray:
+    """Every item's text vector from the finetuned top in `state_dict`: (n_items, text_dim)."""
+    from chatrec.model_loading import resolve_checked
+
+    top = TextTop.from_pretrained(resolve_checked(token_states.model, token_states.fingerprint), token_states.top_layers)
+    top.load_state_dict(text_top_weights(state_dict))
+    return text_vectors(top, token_states, chunk).numpy()
+
+
+@torch.no_grad()
+def text_vectors(top: TextTop, token_states: TokenStates, chunk: int = 1024, device="cpu") -> torch.Tensor:
+    """Every item through a text top: (n_items, text_dim)."""
+    was_training = top.training
+    top.eval()
+    rows = torch.arange(token_states.n_items)
+    out = torch.cat([top.encode(token_states.batch(rows[i : i + chunk], device)) for i in range(0, len(rows), chunk)])
+    top.train(was_training)
+    return out
 
 
 def in_batch_loss(
@@ -141,23 +203,28 @@ def in_batch_loss(
 def run_epoch(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: TrainingData, text: torch.Tensor,
     examples: tuple[np.ndarray, np.ndarray], *, batch_size: int, max_history: int, rng: np.random.Generator,
-    seen_keys: "SeenPairs", log_q: torch.Tensor,
+    seen_keys: "SeenPairs", log_q: torch.Tensor, progress: str | None = None,
 ) -> float:
-    """One pass over `examples` (user, position) in a random order; returns the mean loss."""
+    """One pass over `examples` (user, position) in a random order; returns the mean loss.
+    With `progress` (a label), a line every PROGRESS_EVERY_S seconds says how far it is."""
     model.train()
     users, positions = examples
     order = rng.permutation(len(users))
     losses = []
+    last_report = time.monotonic()
     for start in range(0, len(order), batch_size):
+        if progress and time.monotonic() - last_report >= PROGRESS_EVERY_S:
+            logger.info("%s: %d of %d examples, loss %.4f", progress, start, len(order), np.mean(losses[-10:]))
+            last_report = time.monotonic()
         idx = order[start : start + batch_size]
         if len(idx) < 2:
             continue  # a softmax over one candidate teaches nothing
         device = text.device
         hist = torch.from_numpy(data.sequences.histories(users[idx], positions[idx], max_history)).to(device)  # (b, L)
         target = torch.from_numpy(data.sequences.targets(users[idx], positions[idx])).to(device)  # (b,)
-        if data.sequences.n_items <= hist.numel():
+        if data.sequences.n_items <= hist.numel() and data.token_states is None:
             # A small catalogue: every item through the item tower is cheaper than finding
-            # the batch's distinct items.
+            # the batch's distinct items (not so through a finetuned text top).
             rows = torch.arange(data.sequences.n_items, device=device)
             logits = model(text, rows, hist, target, data.profiles_of(users[idx], device))  # (b, b)
         else:
@@ -165,7 +232,7 @@ def run_epoch(
             rows, inverse = torch.unique(torch.cat([hist.flatten(), target]), return_inverse=True)  # (m,), (b*L + b,)
             local = torch.where(hist.flatten() >= 0, inverse[: hist.numel()], -1).view_as(hist)  # (b, L)
             valid_rows = rows.clamp(min=0)  # -1 (padding) maps to a real row it never reads
-            logits = model(text[valid_rows], valid_rows, local, inverse[hist.numel():],
+            logits = model(data.item_text(valid_rows, text), valid_rows, local, inverse[hist.numel():],
                            data.profiles_of(users[idx], device))  # (b, b)
         loss = in_batch_loss(logits, torch.from_numpy(users[idx]).to(device), target, log_q, seen_keys)
         optimizer.zero_grad(set_to_none=True)
@@ -212,6 +279,8 @@ def validate(model: TwoTower, data: TrainingData, text: torch.Tensor, *, max_his
     users = data.valid_users
     if len(users) == 0:
         return {"ndcg@10": 0.0, "recall@10": 0.0}
+    if model.text_top is not None:
+        text = text_vectors(model.text_top, data.token_states, device=text.device)  # (n_items, text_dim)
     items = item_vectors(model, text)  # (n_items, dim)
     hist = seqs.histories(users, seqs.lengths[users], max_history)  # (n_valid, L)
     profiles = data.profiles[users] if data.profiles is not None else None  # (n_valid, text_dim)
@@ -237,9 +306,19 @@ def train_loop_per_worker(config: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     world = ray.train.get_context().get_world_size()
     device = ray.train.torch.get_device()
+    text_top = None
+    if finetunes_text(params):
+        from chatrec.model_loading import resolve_checked
+
+        states = data.token_states
+        text_top = TextTop.from_pretrained(resolve_checked(states.model, states.fingerprint), states.top_layers)
     torch.manual_seed(params["seed"])  # identical initial weights on every worker
-    model = build_model(n_items=data.sequences.n_items, text_dim=data.text.shape[1], params=params)
-    model.has_id.copy_(torch.from_numpy(data.has_id))
+    model = build_model(n_items=data.sequences.n_items, text_dim=data.text.shape[1], params=params, text_top=text_top)
+    model.has_id.copy_(read_only_tensor(data.has_id))
+    if rank == 0:
+        from chatrec.entrypoint import configure_logging
+
+        configure_logging()  # a Ray worker's root logger has no handler: its progress lines would be lost
 
     state = {"epoch": -1, "best_epoch": -1, "best": -1.0, "history": []}
     best_state = None
@@ -259,7 +338,7 @@ def train_loop_per_worker(config: dict) -> None:
     ddp = ray.train.torch.prepare_model(model)  # moves the model to `device`
     module: TwoTower = ddp.module if hasattr(ddp, "module") else ddp
     # Built after the move, so its state lives on the model's device.
-    optimizer = torch.optim.AdamW(ddp.parameters(), lr=params["lr"], weight_decay=params["weight_decay"])
+    optimizer = build_optimizer(module, params)
     if checkpoint is not None:
         optimizer.load_state_dict(optimizer_state)
 
@@ -286,7 +365,8 @@ def train_loop_per_worker(config: dict) -> None:
         started = time.perf_counter()
         rng = np.random.default_rng(params["seed"] * 1000 + epoch * world + rank)
         loss = run_epoch(ddp, optimizer, data, text, examples, batch_size=params["batch_size"],
-                         max_history=params["max_history"], rng=rng, seen_keys=seen_keys, log_q=log_q)
+                         max_history=params["max_history"], rng=rng, seen_keys=seen_keys, log_q=log_q,
+                         progress=f"matcher: epoch {epoch}" if rank == 0 else None)
         # Every worker holds the same weights after DDP's all-reduce, so every worker
         # reaches the same validation result and the same early-stopping decision.
         metrics = validate(module, data, text, max_history=params["max_history"])
@@ -298,6 +378,10 @@ def train_loop_per_worker(config: dict) -> None:
         loss = loss if np.isfinite(loss) else None  # JSON has no NaN
         state["history"].append({"epoch": epoch, "loss": loss, **metrics, "seconds": time.perf_counter() - started})
         stop = epoch - state["best_epoch"] >= params["patience"] or epoch == params["max_epochs"] - 1
+        if rank == 0:
+            logger.info("matcher: epoch %d: loss %s, validation NDCG@10 %.4f, Recall@10 %.4f (%.1f s)%s",
+                        epoch, f"{loss:.4f}" if loss is not None else "-", metrics["ndcg@10"], metrics["recall@10"],
+                        state["history"][-1]["seconds"], ", stopping" if stop else "")
         state["done"] = stop
         report = {"epoch": epoch, "loss": loss, **metrics, "best_ndcg@10": state["best"], "done": stop}
         with tempfile.TemporaryDirectory() as tmp:

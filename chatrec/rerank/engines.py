@@ -34,7 +34,7 @@ import torch
 from chatrec.config import RerankConfig
 from chatrec.encoder import PROGRESS_EVERY_S
 from chatrec.errors import ConfigError, ModelLoadError
-from chatrec.model_loading import model_fingerprint, resolve_model_dir
+from chatrec.model_loading import model_fingerprint, resolve_checked, resolve_model_dir
 from chatrec.runtime import ActorPlan, ClusterResources
 
 logger = logging.getLogger(__name__)
@@ -159,12 +159,7 @@ class HFGenerator:
             torch.set_num_threads(num_threads)
         if device == "cuda" and not torch.cuda.is_available():
             raise ModelLoadError("GPU reranking was requested but torch sees no CUDA device on this node")
-        model_dir = resolve_model_dir(model)
-        if fingerprint is not None and model_fingerprint(model_dir) != fingerprint:
-            raise ModelLoadError(
-                f"rerank model {model!r} on this node differs from the driver's (fingerprint "
-                f"{model_fingerprint(model_dir)} != {fingerprint}); install the same weights everywhere"
-            )
+        model_dir = resolve_checked(model, fingerprint, role="rerank model")
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
