@@ -124,21 +124,30 @@ class TextEncoder:
         self._started = time.monotonic()
         self._last_log = self._started
 
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Each text's token ids, cut on a token boundary past max_length."""
+        return self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+
+    def forward_batches(self, ids: list[list[int]], **model_kwargs):
+        """The model over `ids` in batches of similar length (little padding): yields each
+        batch's rows in `ids`, the model's output and the attention mask (batch, tokens).
+        Callers run it under torch.inference_mode()."""
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            padded = self.tokenizer.pad({"input_ids": [ids[i] for i in chunk]}, return_tensors="pt")
+            input_ids = padded["input_ids"].to(self.device)  # (batch, tokens)
+            mask = padded["attention_mask"].to(self.device)  # (batch, tokens)
+            yield chunk, self.model(input_ids=input_ids, attention_mask=mask, **model_kwargs), mask
+
     def encode(self, texts: list[str]) -> np.ndarray:
         """texts -> (n, dim) float32 unit vectors; texts past max_length are cut on a token boundary."""
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
-        order = np.argsort([len(x) for x in ids], kind="stable")
         out = np.empty((len(texts), self.dim), np.float32)
         with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                chunk = order[start : start + self.batch_size]
-                padded = self.tokenizer.pad({"input_ids": [ids[i] for i in chunk]}, return_tensors="pt")
-                input_ids = padded["input_ids"].to(self.device)  # (batch, tokens)
-                mask = padded["attention_mask"].to(self.device)  # (batch, tokens)
-                hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state  # (batch, tokens, dim)
-                pooled = mean_pool(hidden.float(), mask)  # (batch, dim)
+            for chunk, output, mask in self.forward_batches(self.token_ids(texts)):
+                pooled = mean_pool(output.last_hidden_state.float(), mask)  # (batch, dim)
                 pooled = torch.nn.functional.normalize(pooled, dim=-1)  # (batch, dim), unit length
                 out[chunk] = pooled.cpu().numpy()
         return out

@@ -567,7 +567,7 @@ def _matcher(cfg, clock, resources, output, text, item_ids, log, *, done, previo
                                   text_fingerprint=text_fingerprint,
                                   refresh={"retrained": True, "reason": why, "policy": cfg.refresh.retrain})
     buffer = io.BytesIO()
-    torch.save(artifacts.user_tower["state_dict"], buffer)
+    torch.save(artifacts.state_dict, buffer)
     output.write_bytes("matcher/model.pt", buffer.getvalue())
     # user_embeddings/ are in the matcher's space: these are the item vectors to score them by.
     output.write_table("matcher", pa.table({

@@ -233,7 +233,8 @@ class MatcherArtifacts:
     """What the scoring stages take from a trained matcher."""
 
     item_vectors: np.ndarray  # (n_items, dim) the item tower's vectors, catalogue order
-    user_tower: dict  # MatcherUserEncoder's `matcher` argument: weights and shape
+    state_dict: dict  # every weight, a finetuned text top's included: matcher/model.pt
+    user_tower: dict  # MatcherUserEncoder's `matcher` argument: the towers' weights and shape
     fusion: dict | None  # Recommender's `fusion` argument, or None for two-tower scores alone
     manifest: dict
 
@@ -300,13 +301,16 @@ def matcher_artifacts(
         fused = {"fusion": tuned, "collaborative": collaborative_model(log, item_ids, tuned),
                  "text": text, "id_less": ~has_id}
         manifest["fusion"] = tuned.manifest()
-    return MatcherArtifacts(items.numpy(), spec, fused, manifest)
+    return MatcherArtifacts(items.numpy(), trained.state_dict, spec, fused, manifest)
 
 
 def _user_tower_spec(state_dict: dict, params: dict, n_items: int, text: np.ndarray,
                      profiles: UserProfiles | None) -> dict:
-    """MatcherUserEncoder's `matcher` argument."""
-    return {"state_dict": state_dict, "params": params, "n_items": n_items, "text_dim": int(text.shape[1]),
+    """MatcherUserEncoder's `matcher` argument: it reads item-tower vectors, so a finetuned
+    text top stays out of what its actors receive."""
+    from chatrec.matcher.training import tower_weights
+
+    return {"state_dict": tower_weights(state_dict), "params": params, "n_items": n_items, "text_dim": int(text.shape[1]),
             "profiles": profiles.for_serving() if profiles is not None and params.get("profile") else None}
 
 
@@ -358,4 +362,4 @@ def saved_matcher(
         # A new item of this catalogue has no id vector (remap_item_rows): the new-item term.
         fused = {"fusion": fusion, "collaborative": collaborative_model(log, item_ids, fusion),
                  "text": text, "id_less": ~state_dict["has_id"].numpy()}
-    return MatcherArtifacts(items, spec, fused, dict(record))
+    return MatcherArtifacts(items, state_dict, spec, fused, dict(record))

@@ -53,6 +53,15 @@ class TextTop(nn.Module):
         layers = encoder_layers(encoder)
         return cls(nn.ModuleList(list(layers)[len(layers) - top_layers :]), encoder.config)
 
+    @classmethod
+    def above(cls, token_states) -> "TextTop":
+        """The pretrained layers above `token_states` (chatrec.matcher.token_states), from the
+        encoder they were computed with, checked against its fingerprint on this node."""
+        from chatrec.model_loading import resolve_checked
+
+        return cls.from_pretrained(resolve_checked(token_states.model, token_states.fingerprint),
+                                   token_states.top_layers)
+
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """states (m, t, hidden), mask (m, t) 1 on real tokens -> (m, hidden) unit vectors."""
         from transformers.masking_utils import create_bidirectional_mask

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from chatrec.errors import ConfigError
-from chatrec.model_loading import resolve_checked
+from chatrec.encoder import TextEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -98,22 +98,16 @@ def encode_token_states(
     *, model: str, fingerprint: str | None, texts: list[str], max_length: int, top_layers: int,
     batch_size: int = 64, device: str = "cpu", num_threads: int | None = None,
 ) -> TokenStates:
-    """Each text's token states below the encoder's top `top_layers` layers, tokenised as the
-    embedding stage tokenises (same truncation), so the top layers reproduce its vectors."""
-    from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # bars garble worker logs
-    if num_threads:
-        torch.set_num_threads(num_threads)
-    model_dir = resolve_checked(model, fingerprint)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    encoder = AutoModel.from_pretrained(model_dir).to(device).eval()
-    check_top_layers(encoder, top_layers)
-    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    """Each text's token states below the encoder's top `top_layers` layers, through the
+    embedding stage's own encoder (same truncation and batching), so the top layers
+    reproduce its vectors."""
+    encoder = TextEncoder(model=model, fingerprint=fingerprint, max_length=max_length, batch_size=batch_size,
+                          device=device, num_threads=num_threads)
+    check_top_layers(encoder.model, top_layers)
+    ids = encoder.token_ids(texts)
     lengths = np.array([len(x) for x in ids], np.int64)  # (n,)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # (n + 1,)
-    hidden = int(encoder.config.hidden_size)
+    hidden = encoder.dim
     if offsets[-1] * hidden * 2 > MAX_STATE_BYTES:
         raise ConfigError(
             f"matcher.text_encoder: finetune would keep {offsets[-1]:,} token states of {hidden} values "
@@ -121,13 +115,8 @@ def encode_token_states(
             "encoder.max_length, or use text_encoder: frozen for a catalogue this size"
         )
     states = np.empty((int(offsets[-1]), hidden), np.float16)  # (total_tokens, hidden)
-    order = np.argsort(lengths, kind="stable")  # similar lengths share a batch: little padding
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            padded = tokenizer.pad({"input_ids": [ids[i] for i in chunk]}, return_tensors="pt")
-            out = encoder(input_ids=padded["input_ids"].to(device), attention_mask=padded["attention_mask"].to(device),
-                          output_hidden_states=True)
+        for chunk, out, _ in encoder.forward_batches(ids, output_hidden_states=True):
             # hidden_states[0] is the embeddings' output, [i] layer i's: the top layers' input
             # is the output of the layer below them.
             below = out.hidden_states[-(top_layers + 1)].float().cpu().numpy()  # (batch, tokens, hidden)

@@ -166,12 +166,9 @@ def build_optimizer(model: TwoTower, params: dict) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=params["lr"], weight_decay=params["weight_decay"])
 
 
-@torch.no_grad()
 def finetuned_text(state_dict: dict[str, torch.Tensor], token_states: TokenStates, chunk: int = 1024) -> np.ndarray:
     """Every item's text vector from the finetuned top in `state_dict`: (n_items, text_dim)."""
-    from chatrec.model_loading import resolve_checked
-
-    top = TextTop.from_pretrained(resolve_checked(token_states.model, token_states.fingerprint), token_states.top_layers)
+    top = TextTop.above(token_states)
     top.load_state_dict(text_top_weights(state_dict))
     return text_vectors(top, token_states, chunk).numpy()
 
@@ -306,12 +303,7 @@ def train_loop_per_worker(config: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     world = ray.train.get_context().get_world_size()
     device = ray.train.torch.get_device()
-    text_top = None
-    if finetunes_text(params):
-        from chatrec.model_loading import resolve_checked
-
-        states = data.token_states
-        text_top = TextTop.from_pretrained(resolve_checked(states.model, states.fingerprint), states.top_layers)
+    text_top = TextTop.above(data.token_states) if finetunes_text(params) else None
     torch.manual_seed(params["seed"])  # identical initial weights on every worker
     model = build_model(n_items=data.sequences.n_items, text_dim=data.text.shape[1], params=params, text_top=text_top)
     model.has_id.copy_(read_only_tensor(data.has_id))

@@ -17,7 +17,7 @@ import torch
 from chatrec import schemas
 from chatrec.catalogue import ItemCatalogue
 from chatrec.encoder import to_fixed_size_list
-from chatrec.matcher.training import build_model, read_only_tensor, tower_weights, user_vectors
+from chatrec.matcher.training import build_model, read_only_tensor, user_vectors
 
 
 def padded_histories(recent_rows: pa.ListArray, max_len: int) -> np.ndarray:
@@ -44,7 +44,7 @@ class MatcherUserEncoder:
         self.catalogue: ItemCatalogue = ray.get(catalogue) if isinstance(catalogue, ray.ObjectRef) else catalogue
         spec = ray.get(matcher) if isinstance(matcher, ray.ObjectRef) else matcher
         self.model = build_model(n_items=spec["n_items"], text_dim=spec["text_dim"], params=spec["params"])
-        self.model.load_state_dict(tower_weights(spec["state_dict"]))  # a finetuned text top is not needed here
+        self.model.load_state_dict(spec["state_dict"])
         self.model.eval()
         self.max_history = spec["params"]["max_history"]
         self.items = read_only_tensor(self.catalogue.vectors)  # (n_items, dim) item-tower vectors
