@@ -59,7 +59,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m 'not slow'
 
 # Stages against their bare kernels on synthetic data; rewrites BENCHMARKS.md's generated
-# section and bench/results.json. 9 minutes on 2 idle cores (13-19 under load). E.g. BENCH_ARGS='--scale 10'.
+# section and bench/results.json. 9 minutes on 2 idle cores (13-20 under load). E.g. BENCH_ARGS='--scale 10'.
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)

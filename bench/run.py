@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         "time grows with 10x the items or users; the whole job's stage shares; the GPU path where there is a "
         "GPU. Stages and kernels run interleaved, several times; ratios are taken within the run. Writes the "
         "figures as JSON and rewrites the generated section of BENCHMARKS.md.",
-        epilog="examples: python -m bench (9 minutes on 2 idle cores, 13-19 under load); python -m bench --quick (tiny sizes, "
+        epilog="examples: python -m bench (9 minutes on 2 idle cores, 13-20 under load); python -m bench --quick (tiny sizes, "
         "a few minutes, BENCHMARKS.md untouched); python -m bench --scale 10",
     )
     parser.add_argument("--scale", type=int, default=1, metavar="N",

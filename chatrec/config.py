@@ -259,8 +259,8 @@ class RetrievalConfig(_Strict):
     # Users per FAISS search call. Users are searched in groups of equal depth (K + seen), so
     # larger calls keep both FAISS threads busy on the small groups of heavy users. `make bench`
     # (20k items, 10k users, 2 cores), users/s at 256 / 1024 / 4096: 1,176 / 1,424 / 1,734, and
-    # 598 / 617 / 633 on a busier machine. 4096 is one top-K block; its (batch, K + seen) result
-    # arrays stay a few MB.
+    # 598 / 617 / 633 on a busier machine, 355 / 591 / 1,183 on a loaded AMD EPYC. 4096 is one
+    # top-K block; its (batch, K + seen) result arrays stay a few MB.
     batch_size: int = Field(4096, ge=1)
     num_actors: int | Literal["auto"] = Field("auto", description="auto: one per GPU with a GPU index, else (CPUs - 1) // threads, at least 1.")
     # Off by default: on MovieLens-100K's time split, where the 31 items without interactions
