@@ -17,12 +17,11 @@ import torch
 
 from chatrec.errors import ModelLoadError
 from chatrec.model_loading import resolve_checked, resolve_model_dir
+from chatrec.progress import PROGRESS_EVERY_S
 from chatrec.schemas import embedding_type
 
 logger = logging.getLogger(__name__)
 
-# Plain periodic progress lines (not bars): they read well in `ray job submit` logs.
-PROGRESS_EVERY_S = 30.0
 # How token vectors become a text vector; part of what a cached item vector depends on.
 POOLING = "mean+l2"
 

@@ -1,12 +1,15 @@
-"""Per-stage wall time, row counts and throughput, logged as plain lines as each stage ends."""
+"""Per-stage wall time, row counts and throughput, logged as plain lines as each stage ends;
+while a stage runs, a progress line at least every PROGRESS_EVERY_S seconds (chatrec.progress)."""
 
 from __future__ import annotations
 
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Iterator
+
+from chatrec.progress import PROGRESS_EVERY_S, ProgressCounter, StageHeartbeat, new_counter
 
 logger = logging.getLogger("chatrec.progress")
 
@@ -18,29 +21,46 @@ class StageMetric:
     rows: int = 0
     seconds: float = 0.0
     detail: str = ""
+    heartbeat: StageHeartbeat | None = field(default=None, repr=False, compare=False)
 
     @property
     def rows_per_s(self) -> float:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
 
+    def counter(self, total: int | None = None) -> ProgressCounter | None:
+        """A counter for the workers of this stage to add their finished rows to (of `total`,
+        when known): the progress lines then say how far the stage is. None without Ray."""
+        import ray
+
+        if self.heartbeat is None or not ray.is_initialized():
+            return None
+        self.heartbeat.total = total
+        self.heartbeat.counter = new_counter(self.name)
+        return self.heartbeat.counter
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "seconds": round(self.seconds, 3), "rows_per_s": round(self.rows_per_s, 1)}
+        return {"name": self.name, "unit": self.unit, "rows": self.rows, "seconds": round(self.seconds, 3),
+                "detail": self.detail, "rows_per_s": round(self.rows_per_s, 1)}
 
 
 @dataclass
 class StageClock:
     stages: list[StageMetric] = field(default_factory=list)
+    every: float = PROGRESS_EVERY_S  # seconds between a running stage's progress lines
 
     @contextmanager
     def stage(self, name: str, unit: str) -> Iterator[StageMetric]:
-        """Time a stage; the body sets `metric.rows` (and optionally `metric.detail`)."""
+        """Time a stage; the body sets `metric.rows` (and optionally `metric.detail`, and
+        hands `metric.counter()` to its workers)."""
         metric = StageMetric(name=name, unit=unit)
         logger.info("[%s] started", name)
+        metric.heartbeat = StageHeartbeat(name, unit, self.every).start()
         start = time.perf_counter()
         try:
             yield metric
         finally:
             metric.seconds = time.perf_counter() - start
+            metric.heartbeat.stop()
             self.stages.append(metric)
         extra = f" - {metric.detail}" if metric.detail else ""
         logger.info(

@@ -13,6 +13,7 @@ from chatrec import schemas
 from chatrec.config import EncoderConfig
 from chatrec.embedding_cache import EmbeddingCache
 from chatrec.encoder import TextEncoder
+from chatrec.progress import ProgressCounter, counted
 from chatrec.publish import RunOutput
 from chatrec.runtime import ActorPlan
 
@@ -31,12 +32,13 @@ def embed_items(
     fingerprint: str,
     dim: int,
     out_path: str,
+    progress: ProgressCounter | None = None,
 ) -> None:
-    """schemas.ITEM_TEXT -> Parquet of schemas.item_embeddings(dim) at `out_path`."""
+    """schemas.ITEM_TEXT -> Parquet of schemas.item_embeddings(dim) at `out_path`; `progress`
+    counts the texts each actor finishes (chatrec.progress)."""
     ds = ray.data.from_arrow(blocks(item_text, encoder.rows_per_block)).map_batches(
-        TextEncoder,
-        fn_constructor_kwargs=_encoder_kwargs(encoder=encoder, plan=plan, precision=precision,
-                                              fingerprint=fingerprint, dim=dim),
+        **counted(TextEncoder, _encoder_kwargs(encoder=encoder, plan=plan, precision=precision,
+                                               fingerprint=fingerprint, dim=dim), progress),
         batch_size=encoder.rows_per_block,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=plan.num_actors),
@@ -84,7 +86,8 @@ def embed_items_cached(
     if misses.num_rows and misses.num_rows < in_driver_below and embed_kwargs["plan"].device == "cpu":
         # A few texts (a nightly refresh): cheaper here than starting the actor pool.
         # The driver fingerprinted these weights itself, and its torch may use every core.
-        here = {**_encoder_kwargs(fingerprint=fingerprint, dim=dim, **embed_kwargs), "fingerprint": None,
+        kwargs = {k: v for k, v in embed_kwargs.items() if k != "progress"}
+        here = {**_encoder_kwargs(fingerprint=fingerprint, dim=dim, **kwargs), "fingerprint": None,
                 "num_threads": None}
         output.write_table(name, TextEncoder(**here)(misses), file_name="embedded-in-driver.parquet")
     elif misses.num_rows:

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import ray
 
 from chatrec import schemas
+from chatrec.progress import ProgressCounter, counted
 from chatrec.runtime import ActorPlan
 from chatrec.sources import filesystem_for
 from pipelines.embed_items import blocks
@@ -33,13 +34,14 @@ def embed_users(
     out_path: str,
     users_per_block: int = USERS_PER_BLOCK,
     in_driver_below: int = 0,
+    progress: ProgressCounter | None = None,
 ) -> None:
     """Histories -> user vectors with the user tower `tower` (a Ray Data callable class:
     RecencyMeanUserEncoder, or the matcher's MatcherUserEncoder), loaded once per actor.
 
     Vectors already in `work_path` (reused by a refresh) are published with the new ones.
     Fewer than `in_driver_below` users on CPU are embedded in the driver: starting the pool
-    would cost more than the work.
+    would cost more than the work. `progress` counts the users each actor finishes.
     """
     published = schemas.user_embeddings(dim)
     if histories.num_rows < in_driver_below and plan.device == "cpu":
@@ -55,8 +57,7 @@ def embed_users(
         return
     if histories.num_rows:
         ds = ray.data.from_arrow(blocks(histories, users_per_block)).map_batches(
-            tower,
-            fn_constructor_kwargs=tower_kwargs,
+            **counted(tower, tower_kwargs, progress),
             batch_size=users_per_block,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=plan.num_actors),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ray
 
 from chatrec.config import RetrievalConfig
+from chatrec.progress import ProgressCounter, counted
 from chatrec.recommender import Recommender
 from chatrec.runtime import ActorPlan
 from pipelines.embed_users import USERS_PER_BLOCK
@@ -27,10 +28,11 @@ def recommend(
     fusion: ray.ObjectRef | None = None,
     new_rows: ray.ObjectRef | None = None,
     users_per_block: int = USERS_PER_BLOCK,
+    progress: ProgressCounter | None = None,
 ) -> None:
+    """`progress` counts the users each actor finishes (chatrec.progress)."""
     ds = ray.data.read_parquet(user_vectors_path).map_batches(
-        Recommender,
-        fn_constructor_kwargs=dict(
+        **counted(Recommender, dict(
             index=index_ref,
             catalogue=catalogue_ref,
             top_k=retrieval.top_k,
@@ -42,7 +44,7 @@ def recommend(
             fusion=fusion,
             new_item_slots=retrieval.new_item_slots,
             new_rows=new_rows,
-        ),
+        ), progress),
         batch_size=users_per_block,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=plan.num_actors),

@@ -31,6 +31,7 @@ import ray
 from chatrec import schemas
 from chatrec.catalogue import ItemCatalogue
 from chatrec.config import RerankConfig
+from chatrec.progress import ProgressCounter, counted
 from chatrec.rerank import parsing
 from chatrec.rerank.engines import (
     ANSWERS,
@@ -75,6 +76,7 @@ def rerank_stage(
     run_id: str,
     engine: type | None = None,
     engine_kwargs: dict[str, Any] | None = None,
+    progress: ProgressCounter | None = None,
 ) -> dict:
     """Rerank the candidates at `candidates_path` (schemas.RECOMMENDATIONS, N rows per user)
     into the top `top_k` at `out_path` (the same schema, `explanation` filled where the model
@@ -136,7 +138,8 @@ def rerank_stage(
     gen_started = time.perf_counter()
     answers = _generate(prompted, lists, engine=engine, engine_kwargs=engine_kwargs, engine_name=engine_name,
                         cfg=cfg, plan=plan, spec=spec, fingerprint=fingerprint, engines=engines,
-                        new_tokens=new_tokens, top_k=top_k, context_length=tokens_view.context_length)
+                        new_tokens=new_tokens, top_k=top_k, context_length=tokens_view.context_length,
+                        progress=progress)
     gen_seconds = time.perf_counter() - gen_started
 
     # 4. Parse
@@ -218,8 +221,9 @@ class _PromptContext:
 
 
 def _generate(prompted, lists, *, engine, engine_kwargs, engine_name, cfg, plan, spec, fingerprint, engines,
-              new_tokens, top_k, context_length) -> pa.Table:
-    """engines.ANSWERS for the prompted users (one row each)."""
+              new_tokens, top_k, context_length, progress=None) -> pa.Table:
+    """engines.ANSWERS for the prompted users (one row each); `progress` counts the answered
+    prompts (the local engines; vLLM reports its own)."""
     if not prompted:
         return ANSWERS.empty_table()
     # Similar lengths in one batch waste little padding; the order is restored by user id.
@@ -249,7 +253,7 @@ def _generate(prompted, lists, *, engine, engine_kwargs, engine_name, cfg, plan,
             precision=_precision(cfg, plan), num_threads=plan.threads,
         )
         out = ds.map_batches(
-            cls, fn_constructor_kwargs=kwargs, batch_size=size, batch_format="pyarrow",
+            **counted(cls, kwargs, progress), batch_size=size, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=plan.num_actors), num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
         )
     answers = pa.concat_tables([ray.get(ref) for ref in out.to_arrow_refs()]).select(ANSWERS.names).cast(ANSWERS)
