@@ -1,0 +1,116 @@
+"""What the stages of one run share: its settings, set up before the first stage, and what
+each stage produced, set by that stage and read by the ones after it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import ray
+
+from chatrec.catalogue import ItemCatalogue
+from chatrec.config import ChatrecConfig
+from chatrec.matcher.profiles import UserProfiles
+from chatrec.matcher.token_states import TokenStates
+from chatrec.matcher.training import finetunes_text
+from chatrec.previous_run import PreviousRun
+from chatrec.publish import RunOutput
+from chatrec.runtime import ActorPlan, ClusterResources
+from chatrec.stage_metrics import StageClock
+from pipelines.ingest import Inputs
+from pipelines.train_matcher import MatcherArtifacts, TrainedMatcher
+
+
+@dataclass(frozen=True)
+class MatcherChoice:
+    """Where the run's matcher comes from, decided before its stages run: resumed from this
+    run's staging, reused from a published run, or trained now."""
+
+    params: dict  # what this config would train (pipelines.train_matcher.model_params)
+    record: dict | None = None  # a saved matcher's manifest entry; None: trained now
+    reused_from: PreviousRun | None = None  # the published run whose matcher is reused
+    state: dict | None = None  # reused: its weights, rows in `saved_ids` order
+    saved_ids: list[str] | None = None
+    why: str | None = None  # trained now: why (the refresh's reason to retrain)
+    plan: ActorPlan | None = None  # trained now: the Ray Train workers
+
+    @property
+    def token_layers(self) -> int | None:
+        """The encoder layers the matcher finetunes, whose inputs the token-states stage
+        computes; None when its encoder is frozen."""
+        params = self.record["params"] if self.record is not None else self.params
+        return params["text_encoder"]["layers"] if finetunes_text(params) else None
+
+
+@dataclass
+class RunContext:
+    # -- set up before the first stage (pipelines.full_run) -----------------------------
+    cfg: ChatrecConfig
+    output: RunOutput
+    clock: StageClock
+    started: float  # time.perf_counter() when the run started: the manifest's wall_seconds
+    baseline: str | None  # the evaluation baseline this run serves as, if any
+    refresh: bool
+    done: frozenset[str]  # what an earlier attempt of this run id completed
+    previous: PreviousRun | None  # a refresh's previous run (LATEST)
+    resources: ClusterResources
+    enc_plan: ActorPlan
+    topk_plan: ActorPlan
+    precision: str
+    fingerprint: str  # the encoder's
+    dim: int  # the encoder's hidden size
+    cache_key: str  # the embedding cache's, for this encoder and its settings
+    text_fingerprint: str  # what the item text vectors come from: a trained matcher is bound to it
+
+    # -- read+validate ------------------------------------------------------------------
+    inputs: Inputs | None = None
+    rejects: pa.Table | None = None
+    # -- item-text ----------------------------------------------------------------------
+    texts: pa.Table | None = None  # schemas.ITEM_TEXT, catalogue order
+    truncated: int = 0
+    # -- embed-items --------------------------------------------------------------------
+    embedding: dict | None = None  # its record: embedded, reused, cache_key
+    item_ids: list[str] = field(default_factory=list)
+    text_vectors: np.ndarray | None = None  # (n_items, dim)
+    # -- embed-profiles -----------------------------------------------------------------
+    profiles: UserProfiles | None = None
+    profiles_record: dict | None = None
+    profile_hashes: list[str] = field(default_factory=list)  # kept when the embedding cache is compacted
+    # -- the matcher: choose, token-states, train-matcher, fusion -------------------------
+    matcher_choice: MatcherChoice | None = None
+    # The matcher stages' working data, let go when train-matcher ends (token states can
+    # take gigabytes).
+    log: pl.DataFrame | None = None
+    token_states: TokenStates | None = None
+    trained: TrainedMatcher | None = None  # trained now: what the fusion is tuned from
+    matcher: MatcherArtifacts | None = None
+    # -- catalogue ----------------------------------------------------------------------
+    catalogue: ItemCatalogue | None = None
+    catalogue_ref: ray.ObjectRef | None = None
+    index_ref: ray.ObjectRef | None = None
+    # -- histories ----------------------------------------------------------------------
+    histories: pa.Table | None = None  # schemas.HISTORIES with each user's history_key
+    fallback: list[str] = field(default_factory=list)  # users with no usable history
+    # -- embed-users, top-k, rerank: their records ----------------------------------------
+    users_record: dict | None = None
+    topk_record: dict | None = None
+    rerank: dict | None = None
+    # -- publish ------------------------------------------------------------------------
+    manifest: dict | None = None
+
+    @property
+    def run_id(self) -> str:
+        return self.output.run_id
+
+    @property
+    def in_driver_below(self) -> int:
+        """Batches this small are encoded in the driver, in a refresh only: a full run's pools
+        are what runs at scale, small data or not."""
+        return self.cfg.ray.in_driver_below if self.previous is not None else 0
+
+    @property
+    def item_vectors(self) -> np.ndarray:
+        """What items are scored by: the matcher's item tower, or their text vectors."""
+        return self.matcher.item_vectors if self.matcher is not None else self.text_vectors

@@ -1,0 +1,64 @@
+"""embed-users: each user's vector (Ray Data user-tower actors): the matcher's user tower,
+or a recency-weighted mean of the history's text vectors. A refresh reuses the previous
+run's vectors of users whose history key did not change. Writes user_embeddings/; resumable."""
+
+from __future__ import annotations
+
+import ray
+
+from chatrec.matcher.user_tower import MatcherUserEncoder
+from chatrec.publish import WORK_DIR
+from chatrec.runtime import user_plan
+from chatrec.stage_metrics import StageMetric
+from chatrec.user_vectors import RecencyMeanUserEncoder
+from pipelines.embed_users import embed_users, split_reusable
+from pipelines.stage_runner import Stage
+from pipelines.stages.context import RunContext
+
+USER_VECTORS = f"{WORK_DIR}/user_vectors"  # what top-K reads: reused and recomputed vectors
+
+
+def _embed(ctx: RunContext, m: StageMetric) -> None:
+    output, previous, histories, dim = ctx.output, ctx.previous, ctx.histories, ctx.catalogue.dim
+    reused, todo = split_reusable(
+        histories, previous.table("user_embeddings", ["user_id", "history_key", "embedding"]) if previous else None,
+        dim,
+    )
+    if reused.num_rows:
+        output.write_table(USER_VECTORS, reused, file_name="reused.parquet")
+    if histories.num_rows:
+        embed_users(
+            todo, **_user_tower(ctx), dim=dim, users_per_block=ctx.cfg.history.users_per_block,
+            in_driver_below=ctx.in_driver_below, work_path=output.path(USER_VECTORS),
+            out_path=output.path("user_embeddings"), progress=m.counter(total=todo.num_rows),
+        )
+    m.detail = f"{reused.num_rows} reused from the previous run" if previous else ""
+    _take(ctx, {"recomputed": todo.num_rows, "reused": reused.num_rows}, m)
+
+
+def _take(ctx: RunContext, record: dict, m: StageMetric) -> None:
+    ctx.users_record = record
+    m.rows = record["recomputed"]
+
+
+def _user_tower(ctx: RunContext) -> dict:
+    """embed_users' tower, its kwargs and actor plan."""
+    cfg, matcher, resources = ctx.cfg, ctx.matcher, ctx.resources
+    if matcher is not None:
+        return dict(tower=MatcherUserEncoder, plan=user_plan(resources), tower_kwargs=dict(
+            catalogue=ctx.catalogue_ref, matcher=ray.put(matcher.user_tower), threads=user_plan(resources).threads))
+    profiles = cfg.history.profile_weight > 0 and ctx.inputs.users is not None
+    # Profiles need the text encoder in the user actors (and its GPU, if it has one).
+    text_encoder = dict(
+        model=cfg.encoder.model, fingerprint=ctx.fingerprint, max_length=cfg.encoder.max_length,
+        batch_size=cfg.encoder.batch_size, device=ctx.enc_plan.device, precision=ctx.precision,
+        num_threads=ctx.enc_plan.threads,
+    ) if profiles else None
+    return dict(tower=RecencyMeanUserEncoder, plan=ctx.enc_plan if profiles else user_plan(resources),
+                tower_kwargs=dict(catalogue=ctx.catalogue_ref, half_life=cfg.history.half_life,
+                                  profile_weight=cfg.history.profile_weight if profiles else 0.0,
+                                  text_encoder=text_encoder))
+
+
+STAGE = Stage("embed-users", "users", run=_embed, writes=(USER_VECTORS, "user_embeddings"), resumable=True,
+              record=lambda ctx: ctx.users_record, resume=_take)
