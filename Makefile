@@ -23,7 +23,7 @@ RERANK_USERS ?= 30
 TINY_LM := out/tiny-lm
 RERANK_FLAGS := $(if $(RERANK),--rerank --llm-model $(TINY_LM) --llm-users $(RERANK_USERS))
 
-.PHONY: demo test test-fast bench bench-refresh venv clean
+.PHONY: demo test test-fast bench bench-refresh bench-scale venv clean
 
 venv: $(STAMP)
 
@@ -67,6 +67,13 @@ bench: $(STAMP)
 # The nightly refresh against a full run on MovieLens-100K; rewrites BENCHMARKS.md's refresh section.
 bench-refresh: $(STAMP)
 	$(BIN)/python -m bench.refresh --write
+
+# The whole job at 100k, 300k and 1M users x 50k items with a tiny encoder, the matcher off; then
+# on for one epoch at 20k users (50k and 1,682 items); rewrites BENCHMARKS.md's scale section.
+# About an hour on 2 cores; e.g. BENCH_SCALE_ARGS='--users 100000 300000' for less.
+BENCH_SCALE_ARGS ?= --matcher --matcher-users 20000
+bench-scale: $(STAMP)
+	$(BIN)/python -m bench.scale_out $(BENCH_SCALE_ARGS)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

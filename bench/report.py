@@ -332,21 +332,22 @@ def _gpu(gpu: dict) -> list[str]:
     return out + [""]
 
 
-def write_section(markdown: Path, section: str) -> None:
-    """Replace the text between the markers in `markdown` (appended when neither is there);
-    everything outside them is left as it is. A file with one marker without the other, or
-    with several sections, is refused rather than guessed at."""
+def write_section(markdown: Path, section: str, markers: tuple[str, str] | None = None) -> None:
+    """Replace the text between the markers (default: `make bench`'s) in `markdown` (appended
+    when neither is there); everything outside them is left as it is. A file with one marker
+    without the other, or with several sections, is refused rather than guessed at."""
+    begin, end = markers or (BEGIN, END)
     text = markdown.read_text() if markdown.exists() else ""
-    begins, ends = text.count(BEGIN), text.count(END)
-    if (begins, ends) == (1, 1) and text.index(BEGIN) < text.index(END):
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
+    begins, ends = text.count(begin), text.count(end)
+    if (begins, ends) == (1, 1) and text.index(begin) < text.index(end):
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1]
         text = head + section.rstrip("\n") + tail
     elif (begins, ends) == (0, 0):
         text = text.rstrip("\n") + "\n\n" + section
     else:
         raise ValueError(
-            f"{markdown} has {begins} {BEGIN} and {ends} {END} markers; it needs one of each, in that order, "
+            f"{markdown} has {begins} {begin} and {ends} {end} markers; it needs one of each, in that order, "
             "around the generated section (or neither): fix the markers by hand, then rerun with --render"
         )
     markdown.write_text(text)
