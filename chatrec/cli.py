@@ -402,12 +402,14 @@ def build_parser() -> argparse.ArgumentParser:
         "so `chatrec evaluate` compares them on equal footing. popularity: distinct users per item. "
         "itemknn: cosine item-item co-occurrence (tuned: neighbors). ease: EASE closed form (tuned: l2). "
         "ease-recency: EASE scored from a recency-weighted history, weight exp(-age/tau) with age counted "
-        "in the user's own interactions (tuned: l2, tau). content: chatrec's zero-shot text-encoder "
+        "in the user's own interactions (tuned: l2, tau). lowrank-recency: EASE's low-rank relative, its "
+        "top `rank` directions of the co-occurrences shrunk by l2, scored from the same recency-weighted "
+        "history; it holds (items x rank) numbers, so it fits any catalogue (tuned: rank, l2, tau). content: chatrec's zero-shot text-encoder "
         "pipeline on the same interactions (needs --config or --items).",
         epilog="example: chatrec baseline ease-recency --train split/train.parquet --valid split/valid.parquet "
         "--output out/baselines/ease-recency",
     )
-    baseline.add_argument("name", choices=["popularity", "itemknn", "ease", "ease-recency", "content"])
+    baseline.add_argument("name", choices=["popularity", "itemknn", "ease", "ease-recency", "lowrank-recency", "content"])
     baseline.add_argument("--train", nargs="+", required=True, metavar="LOC", help="training interactions")
     baseline.add_argument(
         "--valid", nargs="+", metavar="LOC",

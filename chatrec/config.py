@@ -236,8 +236,9 @@ class MatcherConfig(_Strict):
     )
     fusion: Literal["auto", "off"] = Field(
         "auto",
-        description="auto: fuse the two-tower score with recency-weighted EASE's, the weight tuned on "
-        "validation, when the catalogue is small enough for EASE; off: two-tower scores alone.",
+        description="auto: fuse the two-tower score with a recency-weighted collaborative score, the weight "
+        "tuned on validation; the partner is EASE or its low-rank relative (any catalogue size), whichever "
+        "validates better (only the low-rank one above EASE's 20,724 items); off: two-tower scores alone.",
     )
     num_workers: int | Literal["auto"] = Field(
         "auto", description="Ray Train workers. auto: one per GPU with GPUs, else 1 (on a laptop, one "

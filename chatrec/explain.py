@@ -69,3 +69,75 @@ def reason(catalogue: ItemCatalogue, item: int, because: int) -> str:
     if not parts:
         return f"similar to {title}"
     return "; ".join(parts)
+
+
+# Users per einsum block in `because_matrix`: bounds its (users, k, recent, dim) gathers.
+BECAUSE_BLOCK = 256
+
+
+def because_matrix(catalogue: ItemCatalogue, recommended: np.ndarray, recent: list[np.ndarray]) -> np.ndarray:
+    """`because_rows` for a block of users at once: (n, k) recommended rows (-1: none), n
+    newest-first recent rows -> (n, k) the closest recent row each, -1 where there is none."""
+    n, k = recommended.shape
+    out = np.full((n, k), -1, dtype=np.int64)
+    width = max((len(r) for r in recent), default=0)
+    if n == 0 or width == 0:
+        return out
+    padded = np.full((n, width), -1, dtype=np.int64)  # (n, r) newest first, -1 past the history
+    for u, r in enumerate(recent):
+        padded[u, : len(r)] = r
+    vectors = catalogue.vectors
+    for start in range(0, n, BECAUSE_BLOCK):
+        rec = recommended[start : start + BECAUSE_BLOCK]  # (b, k)
+        hist = padded[start : start + BECAUSE_BLOCK]  # (b, r)
+        sims = np.matmul(vectors[np.maximum(rec, 0)], vectors[np.maximum(hist, 0)].transpose(0, 2, 1))  # (b, k, r)
+        sims = np.where(hist[:, None, :] >= 0, sims, -np.inf)
+        best = np.argmax(sims, axis=2)  # (b, k) the first (most recent) of ties
+        found = np.take_along_axis(hist, best, axis=1)  # (b, k)
+        out[start : start + BECAUSE_BLOCK] = np.where(rec >= 0, found, -1)
+    return out
+
+
+class Reasons:
+    """`reason` for many (item, because) pairs at once, the same words, vectorised: each
+    item's categories are a bit set (one bit per category name), so what two items share is
+    one AND; the few distinct shared sets are worded once each. Only pairs where both items
+    have knowledge-graph entities go through `reason` one by one."""
+
+    def __init__(self, catalogue: ItemCatalogue) -> None:
+        self.catalogue = catalogue
+        names = sorted(set().union(*catalogue.categories)) if catalogue.size else []
+        bit = {name: 1 << i for i, name in enumerate(names)}
+        # Python ints in an object array: any number of categories, & still elementwise.
+        masks = [sum(bit[c] for c in cats) for cats in catalogue.categories]
+        dtype = np.int64 if len(names) < 63 else object
+        self.category_bits = np.array(masks, dtype=dtype)  # (n_items,)
+        self.names = names
+        self.has_entities = np.array([bool(e) for e in catalogue.entities], dtype=bool)  # (n_items,)
+        self.titles = np.asarray(catalogue.display_titles, dtype=object)  # (n_items,)
+        self._shared_text: dict[int, str] = {}
+
+    def _both(self, mask: int) -> str:
+        text = self._shared_text.get(mask)
+        if text is None:
+            shared = [self.names[i] for i in range(mask.bit_length()) if mask >> i & 1]  # sorted by name
+            text = self._shared_text[mask] = ", ".join(shared[:MAX_CATEGORIES_IN_REASON])
+        return text
+
+    def __call__(self, items: np.ndarray, because: np.ndarray) -> np.ndarray:
+        """(m,) item rows, (m,) because rows (-1: none) -> (m,) object array of reasons."""
+        m = len(items)
+        out = np.full(m, "recommended from your history", dtype=object)
+        linked = np.flatnonzero(because >= 0)
+        if len(linked) == 0:
+            return out
+        item, b = items[linked], because[linked]
+        by_entity = self.has_entities[item] & self.has_entities[b]  # (l,) worded one by one
+        for j in np.flatnonzero(by_entity):
+            out[linked[j]] = reason(self.catalogue, int(item[j]), int(b[j]))
+        rest = ~by_entity
+        titles = self.titles[b[rest]]
+        shared = (self.category_bits[item[rest]] & self.category_bits[b[rest]]).tolist()
+        out[linked[rest]] = [f"like {t}: both {self._both(s)}" if s else f"similar to {t}"
+                             for t, s in zip(titles, shared)]
+        return out

@@ -20,8 +20,8 @@ from chatrec import schemas
 from chatrec.baselines.topk import top_k_excluding
 from chatrec.catalogue import ItemCatalogue
 from chatrec.encoder import PROGRESS_EVERY_S, fixed_size_list_to_numpy
-from chatrec.explain import because_rows, reason
-from chatrec.matcher.fusion import content_scores
+from chatrec.explain import Reasons, because_matrix
+from chatrec.matcher.fusion import FusedVectors, content_profiles, content_scores
 from chatrec.new_item_slots import SLOT_STRATEGY, best_unseen, reserve_new_item_slots
 from chatrec.retrieval import ExactIndex, choose_backend
 
@@ -53,8 +53,9 @@ class Recommender:
         """`strategy` names the signal of the vectors ("content": text, "two-tower": the
         matcher). `fusion` ({"fusion": Fusion, "collaborative": ItemItemModel}, optionally
         "text": (n_items, d) unit text vectors and "id_less": (n_items,) bool, for the new-item
-        term) switches to the hybrid: exact dense scoring of every item, each row naming the
-        signal that carried it. `new_item_slots` of each list are kept for the items at
+        term) switches to the hybrid, each row naming the signal that carried it: with EASE,
+        exact dense scoring of every item; with the low-rank partner, one exact FAISS search
+        over the fused vectors (chatrec.matcher.fusion.FusedVectors). `new_item_slots` of each list are kept for the items at
         `new_rows` (no interactions yet; chatrec.new_item_slots)."""
         if threads:
             faiss.omp_set_num_threads(threads)
@@ -71,13 +72,22 @@ class Recommender:
         self.new_rows = np.asarray(_get(new_rows) if new_rows is not None else [], dtype=np.int64)  # (m,)
         self.is_new = np.zeros(self.catalogue.size, bool)  # (n_items,)
         self.is_new[self.new_rows] = True
-        # Without fusion, each user's best new items come from an index of the new items alone.
-        self.new_index = (ExactIndex.build(self.catalogue.vectors[self.new_rows], backend)
-                          if self._slots and self.fusion is None else None)
+        self.fused_vectors = None
         if self.fusion is not None:
-            items = self.fusion["collaborative"].matrix.item_ids
-            if list(items) != list(self.catalogue.item_ids):
+            collaborative = self.fusion["collaborative"]
+            if list(collaborative.matrix.item_ids) != list(self.catalogue.item_ids):
                 raise RuntimeError("the collaborative model's items are not the catalogue's")  # internal bug
+            if hasattr(collaborative, "user_factors"):  # a low-rank partner: one search over fused vectors
+                self.fused_vectors = FusedVectors.build(self.fusion["fusion"], self.catalogue.vectors,
+                                                        collaborative.factors, self.fusion.get("text"),
+                                                        self.fusion.get("id_less"))
+                self.index = ExactIndex.build(self.fused_vectors.items, backend)
+        # Each user's best new items come from an index of the new items alone (without fusion,
+        # or with fused vectors: then of their fused rows).
+        searched = self.fused_vectors.items if self.fused_vectors is not None else self.catalogue.vectors
+        self.new_index = (ExactIndex.build(searched[self.new_rows], backend)
+                          if self._slots and (self.fusion is None or self.fused_vectors is not None) else None)
+        self._reasons = Reasons(self.catalogue)
         self._done = 0
         self._started = self._last_log = time.monotonic()
 
@@ -95,68 +105,90 @@ class Recommender:
         recent = [np.asarray(r, dtype=np.int64) for r in batch.column("recent_rows").to_pylist()]
         user_ids = batch.column("user_id").to_pylist()
         if self.fusion is not None:
-            rows_of, scores_of, explained = self._fused(queries, seen, user_ids, batch.column("recent_rows"))
+            rows, scores, explain = self._fused(queries, seen, user_ids, batch.column("recent_rows"))
             placed = None
         else:
             top = self.index.search_excluding(queries, self.top_k, seen)  # (n, k)
             best = self._best_new_from_index(queries, seen) if self._slots else None
-            rows_of, scores_of, placed = self._reserve_slots(top.rows, top.scores, best)
-            explained = None
-        out_user, out_rank, out_rows, out_scores, out_because, out_reason, out_strategy = [], [], [], [], [], [], []
-        for u, user in enumerate(user_ids):
-            valid = rows_of[u] >= 0  # fewer only when the catalogue has < k unseen items
-            rows = rows_of[u][valid]
-            because = because_rows(self.catalogue, rows, recent[u])  # (k,)
-            reasons = [reason(self.catalogue, int(r), int(b)) for r, b in zip(rows, because)]
-            strategies = [self.strategy] * len(rows)
-            if explained is not None:
-                because, reasons, strategies = explained(u, rows, because, reasons)
-            elif placed is not None:
-                reasons, strategies = _mark_placed(placed[u][valid], reasons, strategies)
-            out_user.extend([user] * len(rows))
-            out_rank.extend(range(1, len(rows) + 1))
-            out_rows.append(rows)
-            out_scores.append(scores_of[u][valid])
-            out_because.append(because)
-            out_reason.extend(reasons)
-            out_strategy.extend(strategies)
-        rows = np.concatenate(out_rows) if out_rows else np.zeros(0, np.int64)
-        because = np.concatenate(out_because) if out_because else np.zeros(0, np.int64)
+            rows, scores, placed = self._reserve_slots(top.rows, top.scores, best)
+            explain = None
+        valid = rows >= 0  # (n, k) fewer only when the catalogue has < k unseen items
+        because = because_matrix(self.catalogue, rows, recent)  # (n, k)
+        reasons = np.empty(rows.shape, dtype=object)  # (n, k)
+        reasons[valid] = self._reasons(rows[valid], because[valid])
+        strategies = np.full(rows.shape, self.strategy, dtype=object)  # (n, k)
+        if explain is not None:
+            because, reasons, strategies = explain(because, reasons, strategies)
+        elif placed is not None:
+            reasons, strategies = _mark_placed(placed & valid, reasons, strategies)
         ids = self.catalogue.item_ids
+        item_rows, because_rows = rows[valid], because[valid]  # (m,) user by user, in rank order
+        m = len(item_rows)
         return pa.table(
             {
-                "user_id": pa.array(out_user, pa.string()),
-                "rank": pa.array(out_rank, pa.int32()),
-                "item_id": pa.array(ids[rows].tolist(), pa.string()),
-                "score": pa.array(np.concatenate(out_scores) if out_scores else [], pa.float32()),
-                "because_item_id": pa.array([ids[b] if b >= 0 else None for b in because], pa.string()),
-                "reason": pa.array(out_reason, pa.string()),
-                "strategy": pa.array(out_strategy, pa.string()),
-                "run_id": pa.array([self.run_id] * len(rows), pa.string()),
-                "explanation": pa.nulls(len(rows), pa.string()),  # the rerank stage's, when it runs
+                "user_id": pa.array(np.repeat(np.asarray(user_ids, dtype=object), valid.sum(axis=1)), pa.string()),
+                "rank": pa.array(np.cumsum(valid, axis=1)[valid], pa.int32()),
+                "item_id": pa.array(ids[item_rows], pa.string()),
+                "score": pa.array(scores[valid], pa.float32()),
+                "because_item_id": pa.array(np.where(because_rows >= 0, ids[np.maximum(because_rows, 0)], None),
+                                            pa.string()),
+                "reason": pa.array(reasons[valid], pa.string()),
+                "strategy": pa.array(strategies[valid], pa.string()),
+                "run_id": pa.array(np.full(m, self.run_id, dtype=object), pa.string()),
+                "explanation": pa.nulls(m, pa.string()),  # the rerank stage's, when it runs
             },
             schema=schemas.RECOMMENDATIONS,
         )
 
     def _fused(self, queries: np.ndarray, seen: list[np.ndarray], user_ids: list[str], recent_rows):
-        """Exact hybrid top-K: every item scored by both signals (see chatrec.matcher.fusion);
-        items without an id vector get the new-item term instead of EASE's."""
+        """Exact hybrid top-K (see chatrec.matcher.fusion): items without an id vector get the
+        new-item term instead of the collaborative one. -> rows (n, k), scores (n, k) and the
+        function that explains user u's rows."""
+        fusion, collaborative = self.fusion["fusion"], self.fusion["collaborative"]
+        user_codes = collaborative.matrix.user_codes(user_ids)  # (n,) -1: no collaborative history
+        known = user_codes >= 0
+        id_less = self.fusion.get("id_less")
+        new_term = id_less is not None and id_less.any() and fusion.has_new_item_term
+        recent = recent_rows.combine_chunks() if isinstance(recent_rows, pa.ChunkedArray) else recent_rows
+        if self.fused_vectors is not None:
+            searched = self._fused_search(queries, seen, user_codes, recent if new_term else None)
+        else:
+            searched = self._fused_dense(queries, seen, user_codes, recent if new_term else None)
+        codes, scores, placed, tower_picked, cf_picked, text_picked = searched
+        carried = (cf_picked > 0) & (cf_picked > tower_picked)  # (n, k): collaborative won
+        by_text = (text_picked > 0) & (text_picked > tower_picked)  # (n, k): a new item's text won
+        cf_because = np.full(codes.shape, -1, np.int64)
+        if known.any():
+            cf_because[known] = collaborative.because(user_codes[known], codes[known])
+        titles = np.asarray(self.catalogue.display_titles, dtype=object)
+
+        def explained(because: np.ndarray, reasons: np.ndarray, strategies: np.ndarray):
+            """(n, k) because rows, reasons, strategies -> the same, each row naming its signal."""
+            collaborative = carried & (cf_because >= 0) & ~placed  # (n, k)
+            text = by_text & ~collaborative & ~placed  # (n, k): the reason stays the text-based one
+            because = np.where(collaborative, cf_because, because)
+            reasons = reasons.copy()
+            reasons[collaborative] = [f"often together with {t}" for t in titles[cf_because[collaborative]]]
+            strategies = np.where(collaborative, "collaborative", np.where(text, "content", "two-tower")).astype(object)
+            return (because, *_mark_placed(placed & (codes >= 0), reasons, strategies))
+
+        return codes, scores, explained
+
+    def _fused_dense(self, queries: np.ndarray, seen: list[np.ndarray], user_codes: np.ndarray, recent):
+        """Every item scored by both signals (EASE's item x item partner)."""
         fusion, collaborative = self.fusion["fusion"], self.fusion["collaborative"]
         n, n_items = len(queries), self.catalogue.size
         tower = queries @ self.catalogue.vectors.T  # (n, n_items)
-        user_codes = collaborative.matrix.user_codes(user_ids)  # (n,) -1: no collaborative history
-        cf = np.zeros_like(tower)  # (n, n_items)
         known = user_codes >= 0
+        cf = np.zeros_like(tower)  # (n, n_items)
         if known.any():
             cf[known] = collaborative.scores(user_codes[known])
         tower_term, cf_term = fusion.terms(tower, cf)  # (n, n_items) each
         text_term = np.zeros_like(tower)  # (n, n_items): the new-item text term, 0 for items with an id
-        id_less = self.fusion.get("id_less")
         fused = tower_term + cf_term  # (n, n_items)
-        if id_less is not None and id_less.any() and (fusion.cold_weight > 0 or fusion.cold_offset != 0):
-            recent = recent_rows.combine_chunks() if isinstance(recent_rows, pa.ChunkedArray) else recent_rows
+        if recent is not None:
             content = content_scores(self.fusion["text"], recent)  # (n, n_items)
-            text_term, offset = fusion.new_item_terms(content, id_less)  # (n, n_items), (n_items,)
+            text_term, offset = fusion.new_item_terms(content, self.fusion["id_less"])  # (n, n_items), (n_items,)
             fused += text_term + offset[None, :]
         seen_matrix = sp.csr_matrix(
             (np.ones(sum(len(s) for s in seen), np.float32), np.concatenate(seen) if seen else [],
@@ -166,33 +198,25 @@ class Recommender:
         top = top_k_excluding(fused, seen_matrix, self.top_k)  # (n, k)
         best = best_unseen(fused[:, self.new_rows], self.new_rows, seen, self._depth) if self._slots else None
         codes, scores, placed = self._reserve_slots(top.codes, top.scores, best)
-        picked = np.maximum(codes, 0)  # (n, k)
-        rows_idx = np.arange(n)[:, None]
-        cf_picked = cf_term[rows_idx, picked]  # (n, k)
-        carried = (cf_picked > 0) & (cf_picked > tower_term[rows_idx, picked])  # (n, k): collaborative won
-        text_picked = text_term[rows_idx, picked]  # (n, k)
-        by_text = (text_picked > 0) & (text_picked > tower_term[rows_idx, picked])  # (n, k): a new item's text won
-        cf_because = np.full(codes.shape, -1, np.int64)
+        picked, rows_idx = np.maximum(codes, 0), np.arange(n)[:, None]  # (n, k), (n, 1)
+        return (codes, scores, placed, tower_term[rows_idx, picked], cf_term[rows_idx, picked],
+                text_term[rows_idx, picked])
+
+    def _fused_search(self, queries: np.ndarray, seen: list[np.ndarray], user_codes: np.ndarray, recent):
+        """One search over the fused vectors (the low-rank partner): only the picked items'
+        terms are computed, to explain them."""
+        fusion, collaborative = self.fusion["fusion"], self.fusion["collaborative"]
+        known = user_codes >= 0
+        factors = np.zeros((len(queries), collaborative.rank), np.float32)  # (n, r)
         if known.any():
-            cf_because[known] = collaborative.because(user_codes[known], codes[known])
-        titles = self.catalogue.display_titles
-
-        def explained(u, rows, because, reasons):
-            k = len(rows)
-            out_because, out_reasons, out_strategy = because.copy(), list(reasons), ["two-tower"] * k
-            for j in range(k):
-                if placed[u, j]:
-                    continue  # _mark_placed below
-                if carried[u, j] and cf_because[u, j] >= 0:
-                    out_because[j] = cf_because[u, j]
-                    out_reasons[j] = f"often together with {titles[cf_because[u, j]]}"
-                    out_strategy[j] = "collaborative"
-                elif by_text[u, j]:
-                    out_strategy[j] = "content"  # the reason stays the text-based one
-            out_reasons, out_strategy = _mark_placed(placed[u][:k], out_reasons, out_strategy)
-            return out_because, out_reasons, out_strategy
-
-        return codes, scores, explained
+            factors[known] = collaborative.user_factors(user_codes[known])
+        profiles = content_profiles(self.fusion["text"], recent) if self.fused_vectors.text_dim else None
+        fused_queries = self.fused_vectors.queries(fusion, queries, factors, profiles)  # (n, D)
+        top = self.index.search_excluding(fused_queries, self.top_k, seen)  # (n, k)
+        best = self._best_new_from_index(fused_queries, seen) if self._slots else None
+        codes, scores, placed = self._reserve_slots(top.rows, top.scores, best)
+        tower, cf, text = self.fused_vectors.picked_terms(fused_queries, np.maximum(codes, 0))  # (n, k) each
+        return codes, scores, placed, tower, cf, text
 
     @property
     def _slots(self) -> bool:
@@ -226,12 +250,11 @@ class Recommender:
             self._last_log = now
 
 
-def _mark_placed(placed: np.ndarray, reasons: list[str], strategies: list[str]) -> tuple[list[str], list[str]]:
-    """Rows a new-item slot put in the list say so in `reason` and `strategy`."""
-    reasons, strategies = list(reasons), list(strategies)
-    for j in np.flatnonzero(placed):
-        reasons[j] = f"new, no interactions yet; {reasons[j]}"
-        strategies[j] = SLOT_STRATEGY
+def _mark_placed(placed: np.ndarray, reasons: np.ndarray, strategies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n, k) rows a new-item slot put in the list say so in `reason` and `strategy`."""
+    reasons, strategies = reasons.copy(), strategies.copy()
+    reasons[placed] = [f"new, no interactions yet; {r}" for r in reasons[placed]]
+    strategies[placed] = SLOT_STRATEGY
     return reasons, strategies
 
 

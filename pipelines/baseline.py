@@ -30,7 +30,7 @@ from chatrec.baselines.base import Baseline, jsonable_params
 from chatrec.baselines.interaction_matrix import build_interaction_matrix
 from chatrec.baselines.recommend import popularity_fallback_table, recommendation_tables
 from chatrec.baselines.registry import ContentBaseline, get_baseline
-from chatrec.baselines.tuning import grid_points, tune
+from chatrec.baselines.tuning import tunable, tune
 from chatrec.catalogue import display_title
 from chatrec.config import ChatrecConfig, OutputConfig, TableInput
 from chatrec.errors import ConfigError, InputDataError
@@ -126,7 +126,7 @@ def _run_matrix(
     # 2. Tune on valid, fitted on train only
     tuning: dict | str = "given" if params is not None else "defaults"
     chosen = params if params is not None else baseline.resolve_params(None)
-    if valid_v is not None and params is None and grid_points(baseline):
+    if valid_v is not None and params is None and tunable(baseline):
         with clock.stage("tune", "grid points") as m:
             result = tune(baseline, build_interaction_matrix(train_v.table), valid_v.table, top_k=top_k)
             chosen, tuning = result.best_params, result.to_manifest()

@@ -264,10 +264,10 @@ def matcher_artifacts(
     profiles: UserProfiles | None = None,
 ) -> MatcherArtifacts:
     """Item-tower vectors for the catalogue, the user tower's spec, and (optionally) the
-    fusion with recency-weighted EASE tuned on the same validation hold-out. `profiles`:
+    fusion with a recency-weighted collaborative partner (EASE, or its low-rank relative
+    where EASE does not fit or validates worse) tuned on the same validation hold-out. `profiles`:
     the ones it was trained with, if any. `text` are the frozen text vectors: the fusion's
     zero-shot text score reads them whether or not the towers' encoder top was finetuned."""
-    from chatrec.baselines.ease import MAX_EASE_ITEMS
     from chatrec.matcher.fusion import collaborative_model, tune_fusion
     from chatrec.matcher.training import item_vectors, read_only_tensor, text_only_vectors, user_vectors
 
@@ -277,11 +277,7 @@ def matcher_artifacts(
     spec = _user_tower_spec(trained.state_dict, trained.params, len(item_ids), text, profiles)
     manifest = trained.manifest()
     fused = None
-    if fusion == "auto" and len(item_ids) > MAX_EASE_ITEMS:
-        logger.warning("matcher.fusion: %d items is above EASE's limit (%d): two-tower scores alone",
-                       len(item_ids), MAX_EASE_ITEMS)
-        manifest["fusion"] = {"weight": 1.0, "reason": f"catalogue above EASE's {MAX_EASE_ITEMS} items"}
-    elif fusion == "auto":
+    if fusion == "auto":
         seqs = trained.data.sequences
         index = {u: i for i, u in enumerate(seqs.user_ids)}
 

@@ -258,6 +258,45 @@ def test_a_fusion_recorded_before_the_new_item_term_has_none():
 
     old = {"weight": 0.9, "ease": {"l2": 400, "tau": "inf"}, "tower_scale": 2.0, "collaborative_scale": 3.0}
     fusion = Fusion.from_manifest(old)
-    assert (fusion.cold_weight, fusion.cold_offset) == (0.0, 0.0) and fusion.ease_params["tau"] == float("inf")
+    assert (fusion.cold_weight, fusion.cold_offset) == (0.0, 0.0) and fusion.partner_params["tau"] == float("inf") and fusion.partner == "ease-recency"
     tuned = Fusion(0.9, 2.0, 3.0, {"l2": 400, "tau": 10}, [], 0.5, 4.0, 1.0, ({"text_weight": 0.5},))
     assert Fusion.from_manifest(tuned.manifest()) == tuned
+
+
+def test_validation_scores_a_bounded_seeded_sample_in_blocks(monkeypatch):
+    import chatrec.matcher.training as training
+    from chatrec.evaluation.metrics import ndcg_of_topk
+
+    log, items = pairs_log(users=40)
+    rows = {item: r for r, item in enumerate(items)}
+    # Each user's last a/b item is held out; the rest is training history.
+    last = log.sort("timestamp").group_by("user_id", maintain_order=True).agg(pl.col("item_id").last())
+    train = log.join(last, on=["user_id", "item_id"], how="anti")
+    seq = build_sequences(train, rows, len(items))
+    index = {u: i for i, u in enumerate(seq.user_ids)}
+    valid = {index[u]: np.array([rows[i]]) for u, i in last.iter_rows() if u in index}
+    data = TrainingData.build(np.random.default_rng(1).normal(size=(len(items), 8)).astype(np.float32), seq, valid)
+    torch.manual_seed(0)
+    model = build_model(n_items=len(items), text_dim=8, params=PARAMS)
+    model.has_id.copy_(torch.from_numpy(data.has_id))
+    text = torch.from_numpy(data.text)
+
+    def brute_force(positions: np.ndarray) -> float:
+        """Every item scored for the users at `positions` of valid_users, training items excluded."""
+        vectors = item_vectors(model, text)
+        users = data.valid_users[positions]
+        scores = user_vectors(model, vectors, seq.histories(users, seq.lengths[users], PARAMS["max_history"])) @ vectors.T
+        for row, u in enumerate(users):
+            scores[row, seq.items[seq.offsets[u]:seq.offsets[u + 1]]] = float("-inf")
+        top = torch.topk(scores, 10, dim=1).indices.numpy()
+        return ndcg_of_topk(top, [data.valid_targets[p] for p in positions], 10)
+
+    everyone = training.validate(model, data, text, max_history=PARAMS["max_history"])
+    assert everyone["ndcg@10"] == pytest.approx(brute_force(np.arange(len(data.valid_users))))
+    monkeypatch.setattr(training, "VALIDATION_BLOCK", 3)  # blocks change nothing
+    assert training.validate(model, data, text, max_history=PARAMS["max_history"]) == pytest.approx(everyone)
+    monkeypatch.setattr(training, "VALIDATION_USERS", 7)
+    sample = training.validation_sample(len(data.valid_users))
+    assert len(sample) == 7 and np.array_equal(sample, training.validation_sample(len(data.valid_users)))
+    sampled = training.validate(model, data, text, max_history=PARAMS["max_history"])
+    assert sampled["ndcg@10"] == pytest.approx(brute_force(sample))

@@ -107,3 +107,31 @@ def test_reason_prefers_specific_entities_then_categories_then_similarity():
     assert reason(cat, 3, 2) == "similar to C"  # sharing only a common language explains nothing
     cat2 = ItemCatalogue(**{**cat.__dict__, "entities": [frozenset()] * 4})
     assert reason(cat2, 1, 0) == "like A (2000): both Crime"
+
+
+def test_vectorised_reasons_and_because_items_match_the_one_by_one_ones():
+    from chatrec.catalogue import ItemCatalogue
+    from chatrec.explain import Reasons, because_matrix
+
+    rng = np.random.default_rng(5)
+    n = 60
+    names = [f"genre{g:02d}" for g in range(70)]  # more names than an int64 bit set holds
+    categories = [frozenset(rng.choice(names, size=int(rng.integers(0, 5)), replace=False)) for _ in range(n)]
+    directors = [f"directed by\tm.{i // 6}" for i in range(n)]  # items 0 and 3 share one, 6 and 9 ...
+    entities = [frozenset({directors[i]}) if i % 3 == 0 else frozenset() for i in range(n)]
+    vectors = rng.normal(size=(n, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    cat = ItemCatalogue(item_ids=np.array([f"i{i:02d}" for i in range(n)], dtype=object), vectors=vectors,
+                        display_titles=[f"Title {i}" for i in range(n)], categories=categories, entities=entities,
+                        entity_items={d: sum(d in e for e in entities) for d in set(directors)})
+    items = np.concatenate([rng.integers(0, n, 500), [0, 3, 6]])
+    because = np.concatenate([rng.integers(-1, n, 500), [3, 0, 9]])
+    expected = [reason(cat, int(i), int(b)) for i, b in zip(items, because)]
+    assert Reasons(cat)(items, because).tolist() == expected
+    assert any(e.startswith("same director") for e in expected) and any(e.startswith("like") for e in expected)
+    recommended = rng.integers(-1, n, (40, 6))
+    recent = [rng.integers(0, n, int(rng.integers(0, 9))) for _ in range(40)]
+    got = because_matrix(cat, recommended, recent)
+    for u in range(40):
+        want = because_rows(cat, np.maximum(recommended[u], 0), recent[u])
+        assert got[u].tolist() == np.where(recommended[u] >= 0, want, -1).tolist()

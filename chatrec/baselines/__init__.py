@@ -7,11 +7,13 @@ Modules, in data-flow order (tested in tests/test_baselines.py):
     popularity          items by distinct users (same score and reason as chatrec's fallback)
     itemknn             cosine item-kNN, top-`neighbors` per item, optional shrinkage
     ease                EASE closed form, and EASE with recency-weighted user rows
+    lowrank             the low-rank linear autoencoder (EASE's scalable relative), recency-weighted
     item_item           scoring and "because" items for item x item models (item-kNN, EASE)
     topk                top-K per user, seen items excluded, fixed (n, K) shape, ties by item_id
     recommend           batched top-K as item codes (tuning) or RECOMMENDATIONS rows (output)
     tuning              grid search on a validation log by NDCG@10
-    registry            names -> baselines: popularity, itemknn, ease, ease-recency, content
+    registry            names -> baselines: popularity, itemknn, ease, ease-recency,
+                        lowrank-recency, content
 
 The job that reads inputs and publishes a run is pipelines/baseline.py (`run_baseline`).
 """

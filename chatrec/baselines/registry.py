@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from chatrec.baselines.base import Baseline
 from chatrec.baselines.ease import Ease, EaseRecency
 from chatrec.baselines.itemknn import ItemKNN
+from chatrec.baselines.lowrank import LowRankRecency
 from chatrec.baselines.popularity import Popularity
 from chatrec.errors import ConfigError
 
@@ -21,7 +22,7 @@ class ContentBaseline:
 
 
 BASELINES: dict[str, Baseline | ContentBaseline] = {
-    b.name: b for b in (Popularity(), ItemKNN(), Ease(), EaseRecency(), ContentBaseline())
+    b.name: b for b in (Popularity(), ItemKNN(), Ease(), EaseRecency(), LowRankRecency(), ContentBaseline())
 }
 
 

@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from chatrec.baselines.base import Baseline, jsonable_params
 from chatrec.baselines.interaction_matrix import InteractionMatrix
+from chatrec.baselines.lowrank import STAGES as LOWRANK_STAGES
 from chatrec.baselines.recommend import recommend_codes
 from chatrec.evaluation.metrics import ndcg_of_topk
 
@@ -44,6 +45,10 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
     # B is computed once per lambda and reused for the 6 taus.
     "ease-recency": {"l2": [100.0, 200.0, 400.0, 800.0], "tau": [1.0, 3.0, 10.0, 20.0, 50.0, math.inf]},
 }
+# Grids walked one stage at a time, each stage's best values fixed for the next: a full grid
+# of the low-rank model costs (users x rank x items) per point, too much for 96 points on a
+# large catalogue; tau first (it moves NDCG the most on time splits), then rank x lambda.
+STAGED_GRIDS: dict[str, list[dict[str, list[Any]]]] = {"lowrank-recency": LOWRANK_STAGES}
 
 
 def grid_points(baseline: Baseline, grid: dict[str, list[Any]] | None = None) -> list[dict[str, Any]]:
@@ -56,6 +61,11 @@ def grid_points(baseline: Baseline, grid: dict[str, list[Any]] | None = None) ->
         baseline.resolve_params(dict(zip(keys, values)))
         for values in itertools.product(*(grid[k] for k in keys))
     ]
+
+
+def tunable(baseline: Baseline) -> bool:
+    """Whether `tune` has a grid to walk for this baseline."""
+    return bool(grid_points(baseline)) or baseline.name in STAGED_GRIDS
 
 
 @dataclass(frozen=True)
@@ -115,7 +125,10 @@ def tune(
     top_k: int = METRIC_K,
     grid: dict[str, list[Any]] | None = None,
 ) -> TuningResult:
-    """Fit each grid point on `train`, score NDCG@10 on `valid`, keep the first best."""
+    """Fit each grid point on `train`, score NDCG@10 on `valid`, keep the first best. A
+    baseline with STAGED_GRIDS (and no `grid` given) is tuned one stage at a time."""
+    if grid is None and baseline.name in STAGED_GRIDS:
+        return _tune_staged(baseline, train, valid, top_k, STAGED_GRIDS[baseline.name])
     points = grid_points(baseline, grid)
     targets = validation_targets(train, valid)
     if not points or len(targets.users) == 0:
@@ -134,3 +147,16 @@ def tune(
         if score > best_score:
             best_params, best_score = params, score
     return TuningResult(best_params, scores, len(targets.users), targets.cold_users)
+
+
+def _tune_staged(baseline: Baseline, train: InteractionMatrix, valid, top_k: int,
+                 stages: list[dict[str, list[Any]]]) -> TuningResult:
+    """Each stage's grid over the best values of the stages before it (defaults at first)."""
+    fixed: dict[str, Any] = {}
+    scores: list[dict[str, Any]] = []
+    result = None
+    for stage in stages:
+        result = tune(baseline, train, valid, top_k=top_k, grid={**{k: [v] for k, v in fixed.items()}, **stage})
+        scores += result.scores
+        fixed = {k: result.best_params[k] for k in (*fixed, *stage)}
+    return TuningResult(result.best_params, scores, result.users, result.cold_users)
