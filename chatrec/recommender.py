@@ -51,12 +51,13 @@ class Recommender:
         new_rows: np.ndarray | ray.ObjectRef | None = None,
     ) -> None:
         """`strategy` names the signal of the vectors ("content": text, "two-tower": the
-        matcher). `fusion` ({"fusion": Fusion, "collaborative": ItemItemModel}, optionally
-        "text": (n_items, d) unit text vectors and "id_less": (n_items,) bool, for the new-item
-        term) switches to the hybrid, each row naming the signal that carried it: with EASE,
-        exact dense scoring of every item; with the low-rank partner, one exact FAISS search
-        over the fused vectors (chatrec.matcher.fusion.FusedVectors). `new_item_slots` of each list are kept for the items at
-        `new_rows` (no interactions yet; chatrec.new_item_slots)."""
+        matcher). `fusion` ({"fusion": Fusion, "collaborative": the partner's fitted model,
+        an ItemItemModel or a LowRankModel}, optionally "text": (n_items, d) unit text vectors
+        and "id_less": (n_items,) bool, for the new-item term) switches to the hybrid, each
+        row naming the signal that carried it: with EASE, exact dense scoring of every item;
+        with the low-rank partner, one exact FAISS search over the fused vectors
+        (chatrec.matcher.fusion.FusedVectors). `new_item_slots` of each list are kept for the
+        items at `new_rows` (no interactions yet; chatrec.new_item_slots)."""
         if threads:
             faiss.omp_set_num_threads(threads)
         # Fails with a clear message when a GPU actor's node has faiss-cpu only.

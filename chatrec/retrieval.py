@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 # FAISS GPU indexes select at most this many results per query.
 GPU_MAX_K = 2048
 # search_excluding searches every user at least this far past k (see there).
-MIN_DEPTH = 64
+MIN_DEPTH = 32
 
 
 def gpu_count() -> int:
