@@ -34,23 +34,12 @@ class ItemItemModel:
         return np.asarray(scores, dtype=np.float32)
 
     def because(self, users: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        out = np.full(codes.shape, -1, dtype=np.int64)  # (n, K)
-        for row, user in enumerate(users):
-            entries = self.matrix.history_entries(int(user))  # (h,) newest first
-            targets = codes[row][codes[row] >= 0]  # (k,)
-            if len(entries) == 0 or len(targets) == 0:
-                continue
-            history = self.matrix.X.indices[entries]  # (h,) item codes
-            w = self.weights.data[entries]  # (h,) weights share X's sparsity pattern
+        def pair_scores(history: np.ndarray, targets: np.ndarray) -> np.ndarray:
             if sp.issparse(self.item_matrix):
-                block = self.item_matrix[history][:, targets].toarray()  # (h, k)
-            else:
-                block = self.item_matrix[np.ix_(history, targets)]  # (h, k)
-            terms = w[:, None] * block  # (h, k)
-            best = np.argmax(terms, axis=0)  # (k,) first (newest) of ties
-            linked = terms[best, np.arange(len(targets))] > 0  # (k,)
-            out[row, : len(targets)] = np.where(linked, history[best], -1)
-        return out
+                return self.item_matrix[history][:, targets].toarray()  # (h, k)
+            return self.item_matrix[np.ix_(history, targets)]  # (h, k)
+
+        return history_because(self.matrix, self.weights, users, codes, pair_scores)
 
     def reasons(self, items: np.ndarray, because: np.ndarray, titles: Mapping[str, str] | None) -> list[str]:
         ids = self.matrix.item_ids
@@ -62,3 +51,24 @@ class ItemItemModel:
                 name = titles.get(ids[b], ids[b]) if titles else ids[b]
                 out.append(f"often together with {name}")
         return out
+
+
+def history_because(matrix: InteractionMatrix, weights: sp.csr_matrix, users: np.ndarray, codes: np.ndarray,
+                    pair_scores, rounding: float = 0.0) -> np.ndarray:
+    """(n,) user codes, (n, K) recommended codes (-1 = none) -> (n, K) the history item with
+    the largest term w_h * pair_scores(h, j) for each (newest of ties), -1 where no term is
+    above `rounding` times the user's largest term (0: above zero). `pair_scores(history (h,),
+    targets (k,))` gives the model's (h, k) item-to-item scores; `weights` shares X's pattern."""
+    out = np.full(codes.shape, -1, dtype=np.int64)  # (n, K)
+    for row, user in enumerate(users):
+        entries = matrix.history_entries(int(user))  # (h,) newest first
+        targets = codes[row][codes[row] >= 0]  # (k,)
+        if len(entries) == 0 or len(targets) == 0:
+            continue
+        history = matrix.X.indices[entries]  # (h,) item codes
+        terms = weights.data[entries][:, None] * pair_scores(history, targets)  # (h, k)
+        best = np.argmax(terms, axis=0)  # (k,) first (newest) of ties
+        floor = rounding * float(np.abs(terms).max()) if rounding else 0.0
+        linked = terms[best, np.arange(len(targets))] > floor  # (k,)
+        out[row, : len(targets)] = np.where(linked, history[best], -1)
+    return out

@@ -32,7 +32,7 @@ import scipy.sparse as sp
 
 from chatrec.baselines.base import Baseline, Param
 from chatrec.baselines.interaction_matrix import InteractionMatrix
-from chatrec.baselines.item_item import NO_LINK_REASON
+from chatrec.baselines.item_item import NO_LINK_REASON, history_because
 
 # Power iterations and the block's width of the randomised eigensolver. Interaction data's
 # spectrum decays slowly, so the block is twice the rank: on MovieLens-100K at rank 128 the
@@ -78,7 +78,8 @@ def gram_eigenpairs(X: sp.csr_matrix, rank: int, *, seed: int = SEED) -> tuple[n
 
 def item_factors(V: np.ndarray, s2: np.ndarray, l2: float) -> np.ndarray:
     """Eigenpairs (n_items, r), (r,) -> q (n_items, r) float32: V shrunk by s^2 / (s^2 + lambda), square-rooted."""
-    shrink = np.sqrt(s2 / (s2 + l2))  # (r,)
+    total = s2 + l2  # (r,) 0 only for an empty direction with lambda 0: it stays empty
+    shrink = np.sqrt(np.divide(s2, total, out=np.zeros_like(s2), where=total > 0))  # (r,)
     return (V * shrink[None, :]).astype(np.float32)
 
 
@@ -104,22 +105,11 @@ class LowRankModel:
 
     def because(self, users: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """The history item with the largest term w_h q_h . q_j (ties: the newer item); -1
-        when no term is positive."""
-        out = np.full(codes.shape, -1, dtype=np.int64)  # (n, K)
-        for row, user in enumerate(users):
-            entries = self.matrix.history_entries(int(user))  # (h,) newest first
-            targets = codes[row][codes[row] >= 0]  # (k,)
-            if len(entries) == 0 or len(targets) == 0:
-                continue
-            history = self.matrix.X.indices[entries]  # (h,) item codes
-            w = self.weights.data[entries]  # (h,)
-            terms = w[:, None] * (self.factors[history] @ self.factors[targets].T)  # (h, k)
-            best = np.argmax(terms, axis=0)  # (k,) first (newest) of ties
-            # An exact zero of the full-rank form comes out as rounding noise: not a link.
-            floor = ROUNDING * max(float(np.abs(terms).max()), 1e-30)
-            linked = terms[best, np.arange(len(targets))] > floor  # (k,)
-            out[row, : len(targets)] = np.where(linked, history[best], -1)
-        return out
+        when no term is positive. An exact zero of the full-rank form comes out as rounding
+        noise: below ROUNDING of the user's largest term it is not a link."""
+        return history_because(self.matrix, self.weights, users, codes,
+                               lambda history, targets: self.factors[history] @ self.factors[targets].T,
+                               rounding=ROUNDING)
 
     def reasons(self, items: np.ndarray, because: np.ndarray, titles: Mapping[str, str] | None) -> list[str]:
         ids = self.matrix.item_ids
