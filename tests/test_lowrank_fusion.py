@@ -191,3 +191,21 @@ def test_low_rank_tuning_walks_tau_first_then_rank_and_lambda():
     assert len(second) == 16 and {s["params"]["tau"] for s in second} == {best_tau}
     assert result.best_params == max(result.scores, key=lambda s: s["ndcg@10"])["params"]
     assert tunable(LowRankRecency())
+
+
+def test_merging_a_changed_subset_ranks_as_ranking_every_item():
+    from chatrec.matcher.fusion import merged_top_k
+
+    rng = np.random.default_rng(7)
+    n, m, k = 40, 30, 10
+    for scores in (rng.normal(size=(n, m)), rng.integers(0, 4, size=(n, m)).astype(np.float64)):  # the second: ties
+        seen = sp.random(n, m, density=0.3, random_state=rng, format="csr")
+        seen.data[:] = 1.0
+        columns = np.sort(rng.choice(m, size=8, replace=False))
+        expected = top_k_excluding(scores.copy(), seen, k).codes
+        others = scores.copy()
+        others[:, columns] = -np.inf
+        fixed = top_k_excluding(others, seen, k).codes
+        fixed_scores = np.where(fixed >= 0, np.take_along_axis(others, np.maximum(fixed, 0), axis=1), -np.inf)
+        got = merged_top_k(fixed, fixed_scores, scores[:, columns].copy(), columns, seen[:, columns], k)
+        assert np.array_equal(got, expected)

@@ -327,12 +327,15 @@ def _tune_new_items(fusion: Fusion, model, blocks: Blocks, new_items: dict) -> F
     """c and b of the new-item term, w fixed, with a seeded share of the known items made
     new: their tower scores from text alone, their collaborative scores 0. Items with no
     interaction at all are left out of this ranking: the hold-out cannot say whether they
-    belong in it."""
+    belong in it. Only the pretended-new items' scores change from one (c, b) to the next,
+    so the other items' top 10 is found once per block and each point ranks the pretended
+    ones alone, then merges (`merged_top_k`): the same lists as ranking every item."""
     has_id = np.asarray(new_items["has_id"], bool)  # (n_items,)
     known = np.flatnonzero(has_id)
     rng = np.random.default_rng(new_items["seed"])
     pretend = np.zeros(len(has_id), bool)  # (n_items,)
     pretend[rng.choice(known, size=int(round(new_items["share"] * len(known))), replace=False)] = True
+    columns = np.flatnonzero(pretend)  # (p,)
     never = np.flatnonzero(~has_id)  # (m,) never interacted with: out of the ranking
     grid = [(c, b) for c in COLD_WEIGHTS for b in COLD_OFFSETS]
     sums = np.zeros(len(grid))
@@ -345,16 +348,22 @@ def _tune_new_items(fusion: Fusion, model, blocks: Blocks, new_items: dict) -> F
         # Each validation user's newest-first training items, as the top-K stage reads them.
         recent = pa.array([blocks.matrix.history(u)[:CONTENT_HISTORY].tolist() for u in users], pa.list_(pa.int64()))
         content = content_scores(new_items["text"], recent)  # (b, n_items)
-        if content_scale is None:  # as new_item_terms centres it
-            content_scale = _scale(content - content.mean(axis=1, keepdims=True))
+        centred = content - content.mean(axis=1, keepdims=True)  # (b, n_items), as new_item_terms centres it
+        if content_scale is None:
+            content_scale = _scale(centred)
         base = sum(fusion.terms(tower, collaborative))  # (b, n_items)
         seen = blocks.seen(block)
+        others = base.copy()  # (b, n_items): every item but the pretended-new and the never-seen
+        others[:, never] = -np.inf
+        others[:, columns] = -np.inf
+        fixed = top_k_excluding(others, seen, VALIDATION_K).codes  # (b, k)
+        fixed_scores = np.where(fixed >= 0, np.take_along_axis(others, np.maximum(fixed, 0), axis=1), -np.inf)
+        base_new, centred_new, seen_new = base[:, columns], centred[:, columns], seen[:, columns]  # (b, p) each
+        positives = blocks.positives[block]
         for j, (c, b) in enumerate(grid):
-            trial = replace(fusion, cold_weight=c, content_scale=content_scale, cold_offset=b)
-            text_term, offset = trial.new_item_terms(content, pretend)  # (b, n_items), (n_items,)
-            fused = base + text_term + offset[None, :]  # (b, n_items)
-            fused[:, never] = -np.inf
-            sums[j] += blocks.ndcg(fused, seen, block)
+            scores_new = base_new + c * content_scale * centred_new + b  # (b, p)
+            top = merged_top_k(fixed, fixed_scores, scores_new, columns, seen_new, VALIDATION_K)  # (b, k)
+            sums[j] += ndcg_of_topk(top, positives, VALIDATION_K) * len(positives)
     results = [{"text_weight": c, "offset": b, "ndcg@10": float(total / blocks.n)}
                for (c, b), total in zip(grid, sums)]
     best = max(results, key=lambda r: r["ndcg@10"])  # the first of ties
@@ -362,6 +371,21 @@ def _tune_new_items(fusion: Fusion, model, blocks: Blocks, new_items: dict) -> F
                 best["text_weight"], best["offset"], best["ndcg@10"], int(pretend.sum()))
     return replace(fusion, cold_weight=best["text_weight"], content_scale=content_scale, cold_offset=best["offset"],
                    cold_validation=tuple(results))
+
+
+def merged_top_k(fixed: np.ndarray, fixed_scores: np.ndarray, scores: np.ndarray, columns: np.ndarray, seen,
+                 k: int) -> np.ndarray:
+    """The top k over all items, from the top k of the items outside `columns` (codes `fixed`
+    (n, k), -1 padded, with their scores) and `scores` (n, p) of the items at `columns` (p,)
+    sorted, `seen` (n, p) excluded: (n, k) codes, best first, ties by code, as
+    top_k_excluding would rank every item at once."""
+    picked = top_k_excluding(scores, seen, k).codes  # (n, k) positions in `columns`; `scores` overwritten
+    picked_scores = np.where(picked >= 0, np.take_along_axis(scores, np.maximum(picked, 0), axis=1), -np.inf)
+    codes = np.hstack([fixed, np.where(picked >= 0, columns[np.maximum(picked, 0)], -1)])  # (n, 2k)
+    values = np.hstack([fixed_scores, picked_scores])  # (n, 2k) float64: no rounding between the halves
+    order = np.lexsort((np.where(codes >= 0, codes, np.iinfo(np.int64).max), -values), axis=1)[:, :k]
+    top = np.take_along_axis(codes, order, axis=1)  # (n, k)
+    return np.where(np.isneginf(np.take_along_axis(values, order, axis=1)), -1, top)
 
 
 def collaborative_model(log: pl.DataFrame, item_ids: list[str], fusion: Fusion):
