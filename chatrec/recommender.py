@@ -8,7 +8,6 @@ items, and explains every result. `popularity_rows` serves users with no usable 
 from __future__ import annotations
 
 import logging
-import time
 
 import faiss
 import numpy as np
@@ -19,7 +18,7 @@ import scipy.sparse as sp
 from chatrec import schemas
 from chatrec.baselines.topk import top_k_excluding
 from chatrec.catalogue import ItemCatalogue
-from chatrec.encoder import PROGRESS_EVERY_S, fixed_size_list_to_numpy
+from chatrec.encoder import fixed_size_list_to_numpy
 from chatrec.explain import Reasons, because_matrix
 from chatrec.matcher.fusion import FusedVectors, content_profiles, content_scores
 from chatrec.new_item_slots import SLOT_STRATEGY, best_unseen, reserve_new_item_slots
@@ -89,15 +88,12 @@ class Recommender:
         self.new_index = (ExactIndex.build(searched[self.new_rows], backend)
                           if self._slots and (self.fusion is None or self.fused_vectors is not None) else None)
         self._reasons = Reasons(self.catalogue)
-        self._done = 0
-        self._started = self._last_log = time.monotonic()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         parts = [
             self._recommend(batch.slice(start, self.search_batch_size))
             for start in range(0, batch.num_rows, self.search_batch_size)
         ]
-        self._report(batch.num_rows)
         return pa.concat_tables(parts) if parts else schemas.RECOMMENDATIONS.empty_table()
 
     def _recommend(self, batch: pa.Table) -> pa.Table:
@@ -242,13 +238,6 @@ class Recommender:
             return rows, scores, np.zeros(rows.shape, bool)
         return reserve_new_item_slots(rows, scores, self.is_new, *best, self.new_item_slots)
 
-    def _report(self, rows: int) -> None:
-        self._done += rows
-        now = time.monotonic()
-        if now - self._last_log >= PROGRESS_EVERY_S:
-            rate = self._done / max(now - self._started, 1e-9)
-            logger.info("top-K actor: %d users scored (%.0f users/s)", self._done, rate)
-            self._last_log = now
 
 
 def _mark_placed(placed: np.ndarray, reasons: np.ndarray, strategies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -59,8 +59,9 @@ def gram_eigenpairs(X: sp.csr_matrix, rank: int, *, seed: int = SEED) -> tuple[n
         """X^T X Q (n_items, width) and Q^T X^T X Q (width, width), one pass over X."""
         out, small = np.zeros_like(Q), np.zeros((Q.shape[1], Q.shape[1]))
         for start in range(0, n_users, USERS_PER_PASS):
-            XQ = X[start:start + USERS_PER_PASS] @ Q  # (block, width)
-            out += X[start:start + USERS_PER_PASS].T @ XQ
+            rows = X[start:start + USERS_PER_PASS]  # (block, n_items)
+            XQ = rows @ Q  # (block, width)
+            out += rows.T @ XQ
             small += XQ.T @ XQ
         return out, small
 

@@ -285,11 +285,12 @@ class Blocks:
         return [self.matrix.user_ids[u] for u in self.users[block]]
 
     def tower(self, block: slice) -> np.ndarray:
-        """(b, n_items) two-tower scores; the first block's are kept (every partner reads them)."""
+        """(b, n_items) two-tower scores, read-only; the first block's are kept (every
+        partner reads them)."""
         if block == self.slices[0]:
             if self._first_tower is None:
                 self._first_tower = self.tower_scores_of(self.user_ids(block))
-            return self._first_tower.copy()
+            return self._first_tower
         return self.tower_scores_of(self.user_ids(block))
 
     def seen(self, block: slice):
@@ -309,10 +310,12 @@ class Blocks:
 def _tune_weight(partner: str, params: dict, model, blocks: Blocks) -> Fusion:
     """w on the validation users, the partner's scores from `model`."""
     first = blocks.slices[0]
-    scales = (_scale(blocks.tower(first)), _scale(model.scores(blocks.users[first])))
+    first_collaborative = model.scores(blocks.users[first])  # (b, n_items)
+    scales = (_scale(blocks.tower(first)), _scale(first_collaborative))
     sums = np.zeros(len(WEIGHTS))
     for block in blocks.slices:
-        tower, collaborative = blocks.tower(block), model.scores(blocks.users[block])  # (b, n_items) each
+        collaborative = first_collaborative if block == first else model.scores(blocks.users[block])
+        tower = blocks.tower(block)  # (b, n_items)
         seen = blocks.seen(block)
         for j, w in enumerate(WEIGHTS):
             fused = sum(Fusion(w, *scales, params, [], partner=partner).terms(tower, collaborative))  # (b, n_items)
