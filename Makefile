@@ -23,7 +23,7 @@ RERANK_USERS ?= 30
 TINY_LM := out/tiny-lm
 RERANK_FLAGS := $(if $(RERANK),--rerank --llm-model $(TINY_LM) --llm-users $(RERANK_USERS))
 
-.PHONY: demo test test-fast bench bench-refresh bench-scale venv clean
+.PHONY: demo test test-fast fuzz bench bench-refresh bench-scale venv clean
 
 venv: $(STAMP)
 
@@ -57,6 +57,11 @@ test: $(STAMP)
 # Unit tests only (skips the end-to-end MovieLens runs).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m 'not slow'
+
+# The fuzzing suite's long profile: 3,000 inputs per property, a new seed each run; inputs
+# that fail are saved in tests/fuzz-examples/ (commit them: `make test` replays them).
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest tests/test_fuzz_inputs.py --hypothesis-seed=$$(date +%s)
 
 # Stages against their bare kernels on synthetic data; rewrites BENCHMARKS.md's generated
 # section and bench/results.json. 9 minutes on 2 idle cores (13-20 under load). E.g. BENCH_ARGS='--scale 10'.

@@ -36,14 +36,26 @@ class ItemCatalogue:
         return int(self.vectors.shape[1])
 
 
+# Reasons, examples and the summary name items by their title: a title longer than this is
+# cut (with "…"). The item text the encoder reads keeps the whole title.
+DISPLAY_CHARS = 120
+
+
+def clip(column: pl.Expr, limit: int = DISPLAY_CHARS) -> pl.Expr:
+    return pl.when(column.str.len_chars() > limit).then(column.str.slice(0, limit - 1) + pl.lit("…")).otherwise(column)
+
+
+def clip_text(text: str, limit: int = DISPLAY_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def display_title() -> pl.Expr:
-    """"Title (year)", or the title alone without a year: how reasons name items."""
-    return (
+    """"Title (year)", or the title alone without a year: how reasons name items (clipped)."""
+    return clip(
         pl.when(pl.col("year").is_not_null() & (pl.col("year") != ""))
         .then(pl.col("title") + pl.lit(" (") + pl.col("year") + pl.lit(")"))
         .otherwise(pl.col("title"))
-        .alias("display")
-    )
+    ).alias("display")
 
 
 def build_catalogue(

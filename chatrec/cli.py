@@ -2,6 +2,7 @@
 
 Exit codes: 0 ok, 1 internal error (a bug: traceback printed), 2 bad configuration,
 3 bad input data, 4 output location refused, 5 model not loadable, 6 data fetch failed,
+7 Ray could not be started or joined,
 130 interrupted.
 """
 

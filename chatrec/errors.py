@@ -57,6 +57,12 @@ class PublishError(ChatrecError):
     exit_code = 4
 
 
+class ClusterError(ChatrecError):
+    """Ray could not be started, or the cluster named could not be joined."""
+
+    exit_code = 7
+
+
 class ModelLoadError(ChatrecError):
     """The encoder model could not be resolved or loaded."""
 

@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 import pyarrow.fs as pafs
 
 from chatrec.errors import PublishError
-from chatrec.sources import filesystem_for
+from chatrec.publish import output_filesystem
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class OutputLock:
 
     def __init__(self, root: str, run_id: str, *, ttl: float = DEFAULT_TTL_SECONDS) -> None:
         self.root_uri = root.rstrip("/")
-        self.fs, root_path = filesystem_for(self.root_uri)
+        self.fs, root_path = output_filesystem(self.root_uri)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
         root_path = os.path.abspath(root_path) if self.local else root_path.rstrip("/")
         self.path = posixpath.join(root_path, LOCK_FILE)
@@ -100,6 +100,12 @@ class OutputLock:
     # -- acquire / release --------------------------------------------------------------
 
     def acquire(self) -> None:
+        try:
+            self._acquire()
+        except OSError as e:  # not a directory, no permission, read-only, full...
+            raise PublishError(f"output location {self.root_uri} refused: cannot write there ({e})") from e
+
+    def _acquire(self) -> None:
         self.fs.create_dir(posixpath.dirname(self.path), recursive=True)
         for _ in range(3):  # a stale lock is removed, then creation is tried again
             if self._create():
@@ -155,7 +161,10 @@ class OutputLock:
             if holder is None or holder.get("token") != self.token:
                 logger.error("the lock %s was taken by another run; this run no longer holds it", self.display)
                 return
-            self._write()
+            try:
+                self._write()
+            except OSError as e:  # full or read-only: the run's own writes will say so
+                logger.warning("could not refresh the lock %s: %s", self.display, e)
 
     def release(self) -> None:
         self._stop.set()
@@ -163,7 +172,10 @@ class OutputLock:
             self._thread.join(timeout=5)
         holder = self._read()
         if holder is not None and holder.get("token") == self.token:
-            self.fs.delete_file(self.path)
+            try:
+                self.fs.delete_file(self.path)
+            except OSError as e:  # a read-only output: the lock expires with this process
+                logger.warning("could not remove the lock %s: %s", self.display, e)
 
     def __enter__(self) -> "OutputLock":
         self.acquire()

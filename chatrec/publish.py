@@ -19,6 +19,7 @@ after its stage's files are complete, so a marker never vouches for a partial ta
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from chatrec.errors import PublishError
+from chatrec.errors import InputDataError, PublishError
 from chatrec.sources import filesystem_for
 
 logger = logging.getLogger(__name__)
@@ -41,11 +42,40 @@ STAGES_DIR = "_stages"  # completion markers; removed before commit
 ATTEMPT_FILE = "attempt.json"  # what the staged run was started with
 
 
+def output_filesystem(root: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem of an output root: one that cannot be reached refuses the output (exit 4)."""
+    try:
+        return filesystem_for(root)
+    except InputDataError as e:
+        raise PublishError(f"output location {root} refused: {e}") from e
+
+
+# errno values that mean the output cannot take more writes: full, over quota, read-only,
+# permission withdrawn. Arrow's errors carry them in the message ("[errno 28] ...").
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+_STORAGE_WORDS = [os.strerror(n) for n in _STORAGE_ERRNOS]
+
+
+def storage_refusal(error: BaseException) -> str | None:
+    """The filesystem's reason when `error` (or an error it wraps, in a Ray worker or not) is
+    a write refused for lack of space, quota or permission, or a read-only filesystem."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError):
+            text = str(error)
+            word = next((w for w in _STORAGE_WORDS if w in text), None)
+            if word is not None or error.errno in _STORAGE_ERRNOS:
+                return word or os.strerror(error.errno)
+        error = getattr(error, "cause", None) or error.__cause__ or error.__context__
+    return None
+
+
 class RunOutput:
     def __init__(self, root: str, run_id: str) -> None:
         self.root_uri = root.rstrip("/")
         self.run_id = run_id
-        self.fs, root_path = filesystem_for(self.root_uri)
+        self.fs, root_path = output_filesystem(self.root_uri)
         self.root = root_path.rstrip("/") or "/"
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
         if self.local:
@@ -78,6 +108,21 @@ class RunOutput:
         if self.local:
             return inner
         return f"{self.root_uri.split('://', 1)[0]}://{inner}"
+
+    def refuses_writes(self) -> bool:
+        """Whether a small file can no longer be written at the output root (full, read-only):
+        tells the output's failure from another filesystem's (a worker's spill directory)."""
+        probe = posixpath.join(self.root, f".write-probe-{os.getpid()}")
+        try:
+            with self.fs.open_output_stream(probe) as f:
+                f.write(b"\0" * 65536)
+        except OSError:
+            return True
+        try:
+            self.fs.delete_file(probe)
+        except OSError:
+            pass
+        return False
 
     # -- lifecycle ----------------------------------------------------------------------
 

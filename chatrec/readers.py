@@ -6,6 +6,8 @@ counted) in bookkeeping columns, so validation can name them in errors and rejec
 
 from __future__ import annotations
 
+import csv
+
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -55,36 +57,95 @@ def _read_one(fs, path: str, display: str, fmt: str, id_columns, rename) -> pa.T
             return pq.read_table(path, filesystem=fs)
         if fmt == "csv":
             with fs.open_input_stream(path) as stream:
-                return _read_csv(stream, path, id_columns, rename)
+                table = _read_csv(stream, path, id_columns, rename)
+            if table.num_columns == 1:  # a blank line of a one-column file is a row with an empty value
+                with fs.open_input_stream(path) as stream:
+                    table = _read_csv(stream, path, id_columns, rename, blank_lines_are_rows=True)
+            if any(pa.types.is_binary(t) for t in table.schema.types):  # CSV infers binary only for bad UTF-8
+                _raise_invalid_utf8(fs, path, display, _csv_parse_options(path), rename)
+            return table
         if fmt == "recbole":
             return _read_recbole(fs, path, display)
     except InputDataError:
         raise
     except (pa.ArrowInvalid, OSError) as e:
+        if fmt in ("csv", "recbole") and "utf8" in str(e).lower().replace("-", ""):
+            _raise_invalid_utf8(fs, path, display, _csv_parse_options(path, fmt), rename)
         raise InputDataError(f"cannot read as {fmt}: {e}", source=display) from e
     raise InputDataError(f"unknown format {fmt!r}", source=display)
 
 
-def _read_csv(stream, path: str, id_columns, rename) -> pa.Table:
+def _read_csv(stream, path: str, id_columns, rename, *, blank_lines_are_rows: bool = False) -> pa.Table:
     # Ids must stay strings: reading "007" as the integer 7 would change the id.
     source_names = {v: k for k, v in rename.items()}
     string_cols = {source_names.get(c, c): pa.string() for c in id_columns}
-    delimiter = "\t" if path.lower().endswith(".tsv") else ","
+    parse = _csv_parse_options(path)
+    if blank_lines_are_rows:
+        parse = pacsv.ParseOptions(delimiter=parse.delimiter, ignore_empty_lines=False)
     return pacsv.read_csv(
         stream,
-        parse_options=pacsv.ParseOptions(delimiter=delimiter),
+        parse_options=parse,
         convert_options=pacsv.ConvertOptions(column_types=string_cols, strings_can_be_null=True),
     )
+
+
+def _csv_parse_options(path: str, fmt: str = "csv") -> pacsv.ParseOptions:
+    if fmt == "recbole":  # tab-separated, no quoting
+        return pacsv.ParseOptions(delimiter="\t", quote_char=False)
+    return pacsv.ParseOptions(delimiter="\t" if path.lower().endswith(".tsv") else ",")
+
+
+def _raise_invalid_utf8(fs, path: str, display: str, parse: pacsv.ParseOptions, rename: dict[str, str]) -> None:
+    """Name the first row (and column) whose bytes are not UTF-8: Arrow's reader says only
+    that a column came out as binary, or that "invalid UTF8" was found somewhere."""
+    with fs.open_input_stream(path) as stream:
+        header = stream.read(1 << 20).split(b"\n", 1)[0].rstrip(b"\r")
+    try:
+        names = next(csv.reader([header.decode("utf-8")], delimiter=parse.delimiter,
+                                quoting=csv.QUOTE_NONE if parse.quote_char is False else csv.QUOTE_MINIMAL))
+    except UnicodeDecodeError as e:
+        raise InputDataError(f"the header is not valid UTF-8 ({_bad_bytes(header, e)}); save the file as UTF-8",
+                             source=display) from None
+    with fs.open_input_stream(path) as stream:
+        table = pacsv.read_csv(stream, parse_options=parse, read_options=pacsv.ReadOptions(column_names=names,
+                               skip_rows=1), convert_options=pacsv.ConvertOptions(
+                                   column_types={n: pa.binary() for n in names}))
+    first: tuple[int, str, str] | None = None
+    for name in table.column_names:
+        for row, value in enumerate(table.column(name).to_pylist(), start=1):
+            if first is not None and row >= first[0]:
+                break
+            try:
+                if value is not None:
+                    value.decode("utf-8")
+            except UnicodeDecodeError as e:
+                recbole = parse.quote_char is False  # its header fields are name:type
+                first = (row, name.partition(":")[0] if recbole else name, _bad_bytes(value, e))
+                break
+    if first is None:  # Arrow saw something this scan did not: keep its word for it
+        raise InputDataError("invalid UTF-8; save the file as UTF-8", source=display)
+    row, name, detail = first
+    raise InputDataError(f"invalid UTF-8 ({detail}); save the file as UTF-8", source=display,
+                         column=rename.get(name, name), row=row)
+
+
+def _bad_bytes(value: bytes, e: UnicodeDecodeError) -> str:
+    return f"bytes {value[e.start:e.end + 3]!r} at byte {e.start} of {value[:60]!r}"
 
 
 def _read_recbole(fs, path: str, display: str) -> pa.Table:
     """A RecBole atomic file: tab-separated, no quoting, header fields `name:type`."""
     with fs.open_input_stream(path) as stream:
-        header = stream.read(1 << 16).split(b"\n", 1)[0].decode("utf-8").rstrip("\r")
+        first_line = stream.read(1 << 16).split(b"\n", 1)[0]
+    try:
+        header = first_line.decode("utf-8").rstrip("\r")
+    except UnicodeDecodeError as e:
+        raise InputDataError(f"the header is not valid UTF-8 ({_bad_bytes(first_line, e)}); save the file as UTF-8",
+                             source=display) from None
     with fs.open_input_stream(path) as stream:
         table = pacsv.read_csv(
             stream,
-            parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False),
+            parse_options=_csv_parse_options(path, "recbole"),
             # Everything as text first (zip codes keep their leading zeros); the declared
             # type converts below.
             convert_options=pacsv.ConvertOptions(
@@ -141,17 +202,18 @@ def _ids_as_strings(table: pa.Table, id_columns, display: str) -> pa.Table:
         t = col.type
         if pa.types.is_dictionary(t):
             col, t = col.cast(t.value_type), t.value_type
-        if pa.types.is_string(t):
+        # An all-null column (Arrow's null type) is cast too: its rows are rejected as null ids.
+        if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t) or pa.types.is_null(t):
+            if col.type != table.schema.field(name).type or not pa.types.is_string(t):
+                table = table.set_column(table.schema.get_field_index(name), name, pc.cast(col, pa.string()))
             continue
-        if pa.types.is_large_string(t) or pa.types.is_integer(t):
-            table = table.set_column(table.schema.get_field_index(name), name, pc.cast(col, pa.string()))
-            continue
-        example = next((i for i, v in enumerate(col.to_pylist()) if v is not None), 0)
+        example = next((i for i, v in enumerate(col.to_pylist()) if v is not None), None)
         raise InputDataError(
-            f"ids must be strings or integers, found {t} (e.g. {col[example].as_py()!r}); "
+            f"ids must be strings or integers, found {t}"
+            f"{f' (e.g. {col[example].as_py()!r})' if example is not None else ''}; "
             "floats and nested types do not name an id unambiguously",
             source=display,
             column=name,
-            row=example + 1,
+            row=example + 1 if example is not None else None,
         )
     return table

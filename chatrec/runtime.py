@@ -7,8 +7,11 @@ GPU/CPU decisions are made here, from these numbers, and nowhere else.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
+import socket
 import sys
 from dataclasses import dataclass
 from typing import Literal
@@ -16,7 +19,7 @@ from typing import Literal
 import ray
 
 from chatrec.config import EncoderConfig, MatcherConfig, RayConfig, RerankConfig, RetrievalConfig
-from chatrec.errors import ConfigError
+from chatrec.errors import ClusterError, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +55,76 @@ def connect(cfg: RayConfig) -> ClusterResources:
     """Join (or start) Ray and read its resources."""
     if not ray.is_initialized():
         address = cfg.address or os.environ.get("RAY_ADDRESS")
-        kwargs = {"num_cpus": cfg.num_cpus} if not address and cfg.num_cpus else {}
-        ray.init(address=address, logging_level=logging.WARNING, **kwargs)
+        if address:
+            _check_reachable(address)
+        try:
+            if address:
+                ray.init(address=address, logging_level=logging.WARNING)
+            else:
+                start_local_ray(cfg.num_cpus)
+        except Exception as e:  # Ray's own errors here are bare Exception, ConnectionError, TimeoutError...
+            where = f"join the Ray cluster at {address}" if address else "start a local Ray"
+            raise ClusterError(f"could not {where}: {type(e).__name__}: {e}") from e
     configure_ray_data()
     return cluster_resources()
+
+
+def start_local_ray(num_cpus: int | None) -> None:
+    """Start a local Ray (the laptop default) that its own processes can find.
+
+    Its GCS gets a port chosen here, and every process it starts inherits RAY_ADDRESS naming
+    it: Ray's helpers that look a cluster up (Ray Train's placement-group cleaner) would
+    otherwise scan for running Rays and find several when another job or a test suite runs
+    beside this one. Its workers die with its raylet (`exit_with_raylet`): a job killed with
+    its process group leaves no worker behind.
+    """
+    port = _free_port()
+    own = f"{ray.util.get_node_ip_address()}:{port}"
+    saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT")}
+    os.environ.update(RAY_ADDRESS=own, RAY_GCS_SERVER_PORT=str(port))
+    try:
+        ray.init(address="local", logging_level=logging.WARNING,
+                 runtime_env={"worker_process_setup_hook": "chatrec.runtime.exit_with_raylet"},
+                 **({"num_cpus": num_cpus} if num_cpus else {}))
+    finally:  # only Ray's processes keep them: a later connect in this process must not join a stopped Ray
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """A host:port that nothing answers on is refused here: Ray itself retries for a minute
+    or more and then ends the process without an exception."""
+    if "://" in address or address in ("auto", "local") or ":" not in address:
+        return  # ray:// (Ray Client) and "auto" are Ray's to resolve
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as e:
+        raise ClusterError(f"could not join the Ray cluster at {address}: nothing answers there ({e}); "
+                           "check ray.address / RAY_ADDRESS and that the cluster is up") from e
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def exit_with_raylet() -> None:
+    """Ray worker setup hook: the kernel kills this worker when its parent (the raylet) dies.
+
+    Ray's workers run in process groups of their own, so a kill -9 of the job's group misses
+    them, and a busy worker can take tens of seconds to notice its raylet is gone."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the raylet died before the line above
+        os._exit(1)
 
 
 def configure_ray_data() -> None:

@@ -39,6 +39,11 @@ class ResolvedFiles:
     display: tuple[str, ...]  # what error messages and rejects call each file
 
 
+# Schemes pyarrow opens itself: its error is the real one (fsspec would only say that its
+# own driver for the scheme is not installed).
+PYARROW_SCHEMES = {"file", "local", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss"}
+
+
 def filesystem_for(location: str) -> tuple[pafs.FileSystem, str]:
     """The filesystem holding `location` and the path inside it."""
     if "://" not in location:
@@ -46,8 +51,16 @@ def filesystem_for(location: str) -> tuple[pafs.FileSystem, str]:
     try:
         return pafs.FileSystem.from_uri(location)
     except (ValueError, OSError) as e:
-        # pyarrow knows file://, s3://, gs://, hdfs://; other schemes go through fsspec.
+        if location.split("://", 1)[0].lower() in PYARROW_SCHEMES:
+            raise InputDataError(f"cannot open location: {e}{_hint(str(e))}", source=location) from e
         return _fsspec_filesystem(location, e)
+
+
+def _hint(error: str) -> str:
+    if "resolving region" in error:
+        return ("; set AWS_DEFAULT_REGION (or AWS_REGION) to the bucket's region, or check the network, the bucket "
+                "name and the credentials")
+    return ""
 
 
 def _fsspec_filesystem(location: str, cause: Exception) -> tuple[pafs.FileSystem, str]:

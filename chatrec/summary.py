@@ -5,6 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from chatrec.catalogue import clip_text
+
 
 def _stage_table(manifest: dict, title: str) -> Table:
     stages = Table(title=title, title_justify="left")
@@ -18,7 +20,7 @@ def _stage_table(manifest: dict, title: str) -> Table:
 
 def print_matcher_summary(manifest: dict, run_dir: str, console: Console | None = None) -> None:
     """`chatrec train`: stage times, the trained matcher's validation and fusion, where it went."""
-    console = console or Console()
+    console = console or Console(markup=False)  # names and reasons come from user data
     console.print(_stage_table(manifest, f"chatrec train {manifest['run_id']}"))
     matcher = manifest["matcher"]
     counts = Table(show_header=False, box=None, padding=(0, 2))
@@ -32,7 +34,7 @@ def print_matcher_summary(manifest: dict, run_dir: str, console: Console | None 
 
 
 def print_summary(manifest: dict, run_dir: str, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or Console(markup=False)  # names and reasons come from user data
     console.print(_stage_table(manifest, f"chatrec run {manifest['run_id']}"))
 
     users, inputs, outputs = manifest["users"], manifest["inputs"], manifest["outputs"]
@@ -74,16 +76,16 @@ def print_summary(manifest: dict, run_dir: str, console: Console | None = None) 
     console.print(counts)
 
     for example in manifest.get("examples", []):
-        table = Table(title=f"user {example['user_id']}", title_justify="left")
+        table = Table(title=f"user {clip_text(example['user_id'])}", title_justify="left")
         for col in ("rank", "item", "score", "reason"):
             table.add_column(col)
         for rec in example["items"]:
-            table.add_row(str(rec["rank"]), rec["title"], f"{rec['score']:.3f}", rec["reason"])
+            table.add_row(str(rec["rank"]), clip_text(rec["title"]), f"{rec['score']:.3f}", clip_text(rec["reason"], 300))
         console.print(table)
 
 
 def print_baseline_summary(manifest: dict, run_dir: str, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or Console(markup=False)  # names and reasons come from user data
     baseline = manifest["baseline"]
     stages = Table(title=f"baseline {baseline['name']}, run {manifest['run_id']}", title_justify="left")
     for col in ("stage", "seconds", "rows", "detail"):

@@ -17,6 +17,7 @@ import polars as pl
 import pyarrow as pa
 
 from chatrec import schemas
+from chatrec.catalogue import clip_text
 from chatrec.errors import InputDataError
 from chatrec.schemas import ROW_COL, SOURCE_COL
 
@@ -55,13 +56,15 @@ def _require_columns(df: pl.DataFrame, required: tuple[str, ...], what: str, loc
 
 
 def _type_error(df: pl.DataFrame, col: str, expected: str, location: str) -> InputDataError:
+    if not df.height:
+        return InputDataError(f"expected {expected}, found {df.schema[col]}", source=location, column=col)
     non_null = df.filter(pl.col(col).is_not_null())
     example = non_null.row(0, named=True) if non_null.height else df.row(0, named=True)
     return InputDataError(
-        f"expected {expected}, found {df.schema[col]} (e.g. {example[col]!r})",
-        source=example[SOURCE_COL] if df.height else location,
+        f"expected {expected}, found {df.schema[col]} (e.g. {clip_text(repr(example[col]))})",
+        source=example[SOURCE_COL],
         column=col,
-        row=example[ROW_COL] if df.height else None,
+        row=example[ROW_COL],
     )
 
 
@@ -74,11 +77,22 @@ def _as_text(df: pl.DataFrame, col: str, what: str, location: str, *, join: str)
     dtype = df.schema[col]
     if dtype == pl.String:
         return pl.col(col)
+    if dtype == pl.Null:  # an all-empty column: its rows are rejected (or the value left out)
+        return pl.lit(None, dtype=pl.String)
     if isinstance(dtype, pl.List) and dtype.inner == pl.String:
         return pl.col(col).list.join(join)
     if dtype.is_numeric() or dtype.is_temporal():
-        return pl.col(col).cast(pl.String)
+        return _plain_text(pl.col(col), dtype)
     raise _type_error(df, col, what, location)
+
+
+def _plain_text(value: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """A scalar as text; a whole float as an integer (a `year` of 1995.0 reads "1995": a CSV
+    column with an empty cell comes out of pandas as floats)."""
+    if dtype.is_float():
+        whole = value.is_finite() & (value == value.floor()) & (value.abs() < 2**53)
+        return pl.when(whole).then(value.cast(pl.Int64, strict=False).cast(pl.String)).otherwise(value.cast(pl.String))
+    return value.cast(pl.String)
 
 
 def _attributes(df: pl.DataFrame, columns: list[str]) -> pl.Expr:
@@ -91,7 +105,7 @@ def _attributes(df: pl.DataFrame, columns: list[str]) -> pl.Expr:
         elif isinstance(dtype, pl.Struct):
             value = pl.col(name).struct.json_encode()
         else:
-            value = pl.col(name).cast(pl.String)
+            value = _plain_text(pl.col(name), dtype)
         parts.append(pl.when(value.is_not_null() & (value != "")).then(pl.lit(f"{name}: ") + value))
     if not parts:
         return pl.lit([], dtype=pl.List(pl.String))
@@ -109,7 +123,7 @@ def rejects_table(rejected: pl.DataFrame) -> pa.Table:
     if rejected.height == 0:
         return schemas.REJECTS.empty_table()
     data_cols = [c for c in rejected.columns if c not in (*_BOOKKEEPING, _REASON)]
-    raw = pl.struct([pl.col(c).cast(pl.String) if _scalar(rejected, c) else pl.col(c) for c in data_cols])
+    raw = pl.struct([_raw_value(rejected, c) for c in data_cols])
     out = rejected.select(
         pl.col(SOURCE_COL).alias("source"),
         pl.col(ROW_COL).cast(pl.Int64).alias("row"),
@@ -128,8 +142,15 @@ def reject_counts_by_kind(rejects: pa.Table) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def _scalar(df: pl.DataFrame, col: str) -> bool:
-    return not isinstance(df.schema[col], (pl.List, pl.Struct, pl.Array))
+def _raw_value(df: pl.DataFrame, col: str) -> pl.Expr:
+    """A column as the rejects' `raw` JSON holds it: scalars as text (bytes as hex: they need
+    not be UTF-8), nested values as JSON."""
+    dtype = df.schema[col]
+    if isinstance(dtype, (pl.List, pl.Struct, pl.Array)):
+        return pl.col(col)
+    if dtype == pl.Binary:
+        return pl.col(col).bin.encode("hex")
+    return pl.col(col).cast(pl.String)
 
 
 def _first_reason(*checks: tuple[pl.Expr, pl.Expr]) -> pl.Expr:
@@ -210,6 +231,8 @@ def _categories(df: pl.DataFrame, delimiter: str, location: str) -> pl.Expr:
     if "categories" not in df.columns:
         return pl.lit(None, dtype=pl.List(pl.String))
     dtype = df.schema["categories"]
+    if dtype == pl.Null:
+        return pl.lit(None, dtype=pl.List(pl.String))
     if dtype == pl.String:
         split = pl.col("categories").str.split(delimiter)
     elif isinstance(dtype, pl.List) and dtype.inner == pl.String:
@@ -222,28 +245,60 @@ def _categories(df: pl.DataFrame, delimiter: str, location: str) -> pl.Expr:
 # -- interactions -----------------------------------------------------------------------
 
 
-def _timestamp_seconds(df: pl.DataFrame, location: str) -> pl.Expr:
+# Timestamps are seconds within years 1 to 9999 (what ISO-8601 and every datetime type
+# can write); outside it a value is most likely in milliseconds or corrupt.
+MIN_TIMESTAMP = -62_135_596_800  # 0001-01-01T00:00:00Z
+MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z
+
+
+def _timestamp_seconds(df: pl.DataFrame, location: str) -> tuple[pl.Expr, pl.Expr]:
     """Timestamps as int64 seconds: from integers, floats (floored), Arrow timestamps or text.
 
-    Text is parsed per row (integer seconds or ISO-8601); cells that do not parse become
-    null and are rejected by the caller.
+    Returns (seconds, out of range): seconds is null where the cell does not parse (text
+    that is neither a number nor ISO-8601, NaN) or falls outside MIN_TIMESTAMP..MAX_TIMESTAMP,
+    and the second expression says which of those were out of range. The caller rejects both.
     """
     dtype = df.schema["timestamp"]
     col = pl.col("timestamp")
     if dtype.is_integer():
-        return col.cast(pl.Int64)
-    if dtype.is_float():
-        return pl.when(col.is_finite()).then(col.floor().cast(pl.Int64))
-    if isinstance(dtype, pl.Datetime):
-        return col.dt.epoch("s")
-    if dtype == pl.Date:
-        return col.cast(pl.Datetime("us")).dt.epoch("s")
-    if dtype == pl.String:
+        value = col
+    elif dtype.is_decimal():
+        value = col.cast(pl.Float64)
+    elif dtype.is_float():
+        value = pl.when(~col.is_nan()).then(col)
+    elif isinstance(dtype, pl.Datetime):
+        value = col.dt.epoch("s")
+    elif dtype == pl.Date:
+        value = col.cast(pl.Datetime("us")).dt.epoch("s")
+    elif dtype == pl.String:
         text = col.str.strip_chars()
         as_number = text.cast(pl.Float64, strict=False)
-        as_datetime = text.str.to_datetime(strict=False, time_zone="UTC").dt.epoch("s")
-        return pl.coalesce(pl.when(as_number.is_finite()).then(as_number.floor().cast(pl.Int64)), as_datetime)
-    raise _type_error(df, "timestamp", "int64 seconds, an Arrow timestamp, or text", location)
+        as_datetime = text.str.to_datetime(strict=False, time_zone="UTC").dt.epoch("s").cast(pl.Float64)
+        value = pl.coalesce(pl.when(~as_number.is_nan()).then(as_number), as_datetime)
+    else:
+        raise _type_error(df, "timestamp", "int64 seconds, an Arrow timestamp, or text", location)
+    in_range = (value >= MIN_TIMESTAMP) & (value <= MAX_TIMESTAMP)
+    # Non-strict: values outside int64 only occur outside the range, where the result is unused.
+    seconds = pl.when(in_range).then(value.floor().cast(pl.Int64, strict=False) if not dtype.is_integer()
+                                     else value.cast(pl.Int64, strict=False))
+    return seconds, value.is_not_null() & ~in_range
+
+
+def _timestamp_columns(df: pl.DataFrame, location: str) -> tuple[pl.Expr, pl.Expr]:
+    seconds, out_of_range = _timestamp_seconds(df, location)
+    return seconds.alias("__ts"), out_of_range.alias("__ts_range")
+
+
+def _timestamp_reasons() -> tuple[tuple[pl.Expr, pl.Expr], ...]:
+    """The timestamp checks of a log's rows, after `_timestamp_seconds` set __ts and __ts_range."""
+    shown = pl.col("timestamp").cast(pl.String)
+    return (
+        (pl.col("timestamp").is_null(), pl.lit("null timestamp: timestamp is null")),
+        (pl.col("__ts_range"), pl.lit("timestamp out of range: ") + shown
+         + pl.lit(" is outside years 1 to 9999 as seconds (timestamps are seconds, not milliseconds)")),
+        (pl.col("__ts").is_null(),
+         pl.lit("unparsable timestamp: ") + shown + pl.lit(" is neither seconds nor an ISO-8601 date")),
+    )
 
 
 def validate_interactions(
@@ -264,7 +319,7 @@ def validate_interactions(
     df = df.with_columns(
         pl.col("user_id").str.strip_chars(),
         pl.col("item_id").str.strip_chars(),
-        _timestamp_seconds(df, location).alias("__ts"),
+        *_timestamp_columns(df, location),
     )
     clean, rejected = _split_rejects(
         df,
@@ -275,19 +330,16 @@ def validate_interactions(
                 unknown_item,
                 pl.lit("unknown item: item_id ") + pl.col("item_id") + pl.lit(" is not in the catalogue"),
             ),
-            (pl.col("timestamp").is_null(), pl.lit("null timestamp: timestamp is null")),
-            (
-                pl.col("__ts").is_null(),
-                pl.lit("unparsable timestamp: ") + pl.col("timestamp").cast(pl.String) + pl.lit(" is neither seconds nor an ISO-8601 date"),
-            ),
+            *_timestamp_reasons(),
         ),
     )
-    extra = [c for c in df.columns if c not in (*schemas.INTERACTIONS.names, "__ts", *_BOOKKEEPING)] if keep_extra else []
+    extra = [c for c in df.columns if c not in (*schemas.INTERACTIONS.names, "__ts", "__ts_range", *_BOOKKEEPING)] \
+        if keep_extra else []
     table = clean.select("user_id", "item_id", pl.col("__ts").alias("timestamp"), *extra).to_arrow()
     contract = table.select(schemas.INTERACTIONS.names).cast(schemas.INTERACTIONS)
     for name in extra:
         contract = contract.append_column(name, table.column(name))
-    return Validated(contract, rejects_table(rejected.drop("__ts")), raw.num_rows)
+    return Validated(contract, rejects_table(rejected.drop("__ts", "__ts_range")), raw.num_rows)
 
 
 def user_ids_in_log(raw: pa.Table) -> pa.Array:
@@ -337,7 +389,7 @@ def validate_feedback(raw: pa.Table, *, location: str, item_ids: pa.Array) -> Va
     df = df.with_columns(
         pl.col("user_id").str.strip_chars(),
         pl.col("item_id").str.strip_chars(),
-        _timestamp_seconds(df, location).alias("__ts"),
+        *_timestamp_columns(df, location),
         event.str.strip_chars().str.to_lowercase().alias("__event"),
     )
     clean, rejected = _split_rejects(
@@ -349,11 +401,7 @@ def validate_feedback(raw: pa.Table, *, location: str, item_ids: pa.Array) -> Va
                 ~pl.col("item_id").is_in(known.implode()),
                 pl.lit("unknown item: item_id ") + pl.col("item_id") + pl.lit(" is not in the catalogue"),
             ),
-            (pl.col("timestamp").is_null(), pl.lit("null timestamp: timestamp is null")),
-            (
-                pl.col("__ts").is_null(),
-                pl.lit("unparsable timestamp: ") + pl.col("timestamp").cast(pl.String) + pl.lit(" is neither seconds nor an ISO-8601 date"),
-            ),
+            *_timestamp_reasons(),
             (_empty_id("__event"), pl.lit("null event: event is null or empty")),
             (
                 ~pl.col("__event").is_in(list(FEEDBACK_EVENTS)),
@@ -363,5 +411,5 @@ def validate_feedback(raw: pa.Table, *, location: str, item_ids: pa.Array) -> Va
     )
     table = clean.select("user_id", "item_id", pl.col("__ts").alias("timestamp"), pl.col("__event").alias("event"))
     return Validated(
-        table.to_arrow().cast(schemas.FEEDBACK), rejects_table(rejected.drop("__ts", "__event")), raw.num_rows
+        table.to_arrow().cast(schemas.FEEDBACK), rejects_table(rejected.drop("__ts", "__ts_range", "__event")), raw.num_rows
     )

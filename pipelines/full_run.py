@@ -1,11 +1,12 @@
 """The full job: inputs in, published top-K recommendations out, as a list of stages.
 
-Before the first stage: the output's lock, Ray and the actor pools, the staging directory
-(resumed if an earlier attempt was cut short). Then `RUN`, one file per stage in
-pipelines/stages/:
+Before the first stage: the output's lock and the staging directory (resumed if an earlier
+attempt was cut short). Then `RUN`, one file per stage in pipelines/stages/:
 
     1. read+validate    inputs read and checked (rejects kept)
     2. item-text        item texts rendered
+       (cluster)        Ray joined or started, the actor pools sized: after the inputs,
+                        so bad input is reported without waiting for Ray
     3. embed-items      Ray Data encoder actors; the embedding cache serves unchanged texts
     4. the matcher, with matcher.enabled:
          embed-profiles   the users table's profile texts, same encoder
@@ -36,7 +37,6 @@ anyone's list).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -45,21 +45,18 @@ from dataclasses import dataclass
 from transformers import AutoConfig
 
 from chatrec.config import ChatrecConfig
-from chatrec.embedding_cache import encoder_key
 from chatrec.encoder import import_model_code
-from chatrec.errors import ConfigError
-from chatrec.item_text import TEMPLATE_VERSION
+from chatrec.errors import ConfigError, PublishError
 from chatrec.manifest import new_run_id
 from chatrec.model_loading import model_fingerprint, resolve_model_dir
 from chatrec.output_lock import OutputLock
 from chatrec.previous_run import PreviousRun
-from chatrec.publish import RunOutput
+from chatrec.publish import RunOutput, storage_refusal
 from chatrec.retention import prune_runs
-from chatrec.runtime import connect, encoder_plan, encoder_precision, retrieval_plan
 from chatrec.stage_metrics import StageClock
 from pipelines.stage_runner import StageRunner
 from pipelines.stages import (
-    catalogue, embed_items, embed_profiles, embed_users, histories, item_text, publish, read_validate, rerank, top_k,
+    catalogue, cluster, embed_items, embed_profiles, embed_users, histories, item_text, publish, read_validate, rerank, top_k,
     token_states, train_matcher,
 )
 from pipelines.stages.context import RunContext
@@ -76,6 +73,7 @@ MATCHER = (
 RUN = (
     read_validate.STAGE,
     item_text.STAGE,
+    cluster.connect,  # driver step
     embed_items.STAGE,
     *MATCHER,
     catalogue.build,  # driver step
@@ -86,7 +84,7 @@ RUN = (
     publish.STAGE,
 )
 REFRESH = RUN  # the same stages: what they reuse comes from the previous run (RunContext.previous)
-TRAIN = (read_validate.STAGE, item_text.STAGE, embed_items.STAGE, *MATCHER, publish.MATCHER)
+TRAIN = (read_validate.STAGE, item_text.STAGE, cluster.connect, embed_items.STAGE, *MATCHER, publish.MATCHER)
 
 
 @dataclass(frozen=True)
@@ -117,7 +115,17 @@ def run_job(cfg: ChatrecConfig, *, baseline: str | None = None, refresh: bool = 
             output.write_latest()
             result = RunResult(run_id, output.published_path(), output.published_manifest())
         else:
-            result = _run(cfg, output, baseline=baseline, refresh=refresh, train_only=train_only)
+            try:
+                result = _run(cfg, output, baseline=baseline, refresh=refresh, train_only=train_only)
+            except Exception as e:
+                why = storage_refusal(e)
+                if why is None or not output.refuses_writes():
+                    raise
+                raise PublishError(
+                    f"the output {root} could not be written ({why}): nothing was published, and the run so far "
+                    f"is kept in {output.staging_dir}. Free space or make it writable, then run the same run id "
+                    f"again ({output.run_id}) to resume"
+                ) from e
         if cfg.output.keep is not None:
             result.manifest["retention"] = {"keep": cfg.output.keep, "deleted": prune_runs(root, cfg.output.keep)}
     return result
@@ -131,29 +139,18 @@ def _run(cfg: ChatrecConfig, output: RunOutput, *, baseline: str | None, refresh
 
 
 def _start(cfg: ChatrecConfig, output: RunOutput, *, baseline: str | None, refresh: bool) -> RunContext:
-    """Ray and the actor pools; the staging directory (resumed if an attempt was cut short)."""
+    """The model's files and the staging directory (resumed if an attempt was cut short)."""
     started = time.perf_counter()
     model_dir = resolve_model_dir(cfg.encoder.model)
     if refresh and cfg.ray.in_driver_below:
         # A refresh encodes its few changed items here: import the model code while Ray starts.
         threading.Thread(target=import_model_code, args=(model_dir,), daemon=True).start()
-    resources = connect(cfg.ray)
-    enc_plan = encoder_plan(cfg.encoder, resources)
-    precision = encoder_precision(cfg.encoder, enc_plan)
-    topk_plan = retrieval_plan(cfg.retrieval, resources)
-    logger.info(
-        "cluster: %d CPUs, %d GPUs on %d node(s); encoder %s, %s; top-K %s",
-        resources.cpus, resources.gpus, resources.nodes, enc_plan.describe(), precision, topk_plan.describe(),
-    )
-    fingerprint = model_fingerprint(model_dir)
     done = frozenset(output.prepare(config_sha256=cfg.sha256()))
     previous = PreviousRun.latest(cfg.output.path) if refresh else None
     if refresh:
         logger.info("refresh: previous run %s", previous.run_id if previous else "none (first run: everything computed)")
-    cache_key = encoder_key(fingerprint=fingerprint, max_length=cfg.encoder.max_length, precision=precision)
     return RunContext(
         cfg=cfg, output=output, clock=StageClock(), started=started, baseline=baseline, refresh=refresh, done=done,
-        previous=previous, resources=resources, enc_plan=enc_plan, topk_plan=topk_plan, precision=precision,
-        fingerprint=fingerprint, dim=int(AutoConfig.from_pretrained(model_dir).hidden_size), cache_key=cache_key,
-        text_fingerprint=hashlib.sha256(f"{cache_key}:{TEMPLATE_VERSION}".encode()).hexdigest()[:16],
+        previous=previous, fingerprint=model_fingerprint(model_dir),
+        dim=int(AutoConfig.from_pretrained(model_dir).hidden_size),
     )

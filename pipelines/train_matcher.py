@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 
@@ -206,7 +207,7 @@ def train_matcher(
     )
     state = _state_of(resume)
     if not (state and state.get("done")):
-        result = trainer.fit()
+        result = fit_interruptibly(trainer)
         if result.checkpoint is None:
             raise RuntimeError(f"matcher training ended without a checkpoint: {result.error}")
         resume = result.checkpoint
@@ -218,6 +219,31 @@ def train_matcher(
             state = json.load(f)
     return TrainedMatcher(state_dict, params, state, data, train, valid, plan.describe(), time.perf_counter() - started,
                           cfg.new_item_validation_share)
+
+
+def fit_interruptibly(trainer: TorchTrainer):
+    """trainer.fit() from a thread of its own, the driver's main thread waiting on it.
+
+    On the main thread Ray Train installs a SIGINT handler of its own for good: Ctrl-C would
+    abort training, and the job would end with exit 0 or 1 and no word, or go on without
+    the matcher. From another thread it installs none, so Ctrl-C reaches the driver as
+    KeyboardInterrupt (exit 130, "interrupted"); exiting tears the training down with the job.
+    """
+    outcome: dict = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as e:  # handed to the main thread, raised there
+            outcome["error"] = e
+
+    thread = threading.Thread(target=fit, name="chatrec-train", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def _state_of(checkpoint: Checkpoint | None) -> dict | None:

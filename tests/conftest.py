@@ -8,6 +8,25 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis.database import DirectoryBasedExampleDatabase, ReadOnlyDatabase
+
+# Hypothesis profiles of the fuzzing suite (tests/test_fuzz_inputs.py). `ci`, the default,
+# is bounded, seeded (pyproject's --hypothesis-seed: the same examples every run) and
+# replays the failures saved in tests/fuzz-examples/; `long` (`make fuzz`, another seed
+# each time) runs many more and saves the failures it finds there, to commit with the fix.
+FUZZ_EXAMPLES = Path(__file__).parent / "fuzz-examples"
+FUZZ_CI_EXAMPLES = 60
+settings.register_profile(
+    "ci", max_examples=FUZZ_CI_EXAMPLES, deadline=None, print_blob=True,
+    database=ReadOnlyDatabase(DirectoryBasedExampleDatabase(FUZZ_EXAMPLES)),
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+)
+settings.register_profile(
+    "long", max_examples=3000, deadline=None, print_blob=True, database=DirectoryBasedExampleDatabase(FUZZ_EXAMPLES),
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # Words the tiny tokenizer knows; anything else becomes [UNK].
 VOCAB_WORDS = (

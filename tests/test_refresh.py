@@ -210,6 +210,11 @@ def test_a_run_killed_in_top_k_resumes_to_the_clean_runs_output(ray_cluster, tin
         time.sleep(0.02)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the job ended before it could be killed inside top-K"
+    # Its local Ray goes with it: the workers (process groups of their own) die with their raylet.
+    deadline = time.monotonic() + 5
+    while _session_processes(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _session_processes(proc.pid), "Ray processes of the killed job outlived it"
     # Killed: LATEST still names the clean run; the partial run waits in staging.
     assert read_latest(str(tmp_path / "out")).endswith("runs/clean")
     assert (staging / "_stages" / "embed-users.json").exists() and not (staging / "_stages" / "top-k.json").exists()
@@ -225,3 +230,16 @@ def test_a_run_killed_in_top_k_resumes_to_the_clean_runs_output(ray_cluster, tin
                       ("user_embeddings", ["user_id"])):
         assert table(night, name, key).equals(table(clean, name, key)), name
     assert table(night, "recommendations", ["user_id", "rank"]).num_rows == N_USERS * 5
+
+
+def _session_processes(session: int) -> list[str]:
+    """Command lines of the live processes of a session (the killed job started one)."""
+    alive = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == session:
+                    alive.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            except (ProcessLookupError, PermissionError, FileNotFoundError):
+                pass
+    return alive

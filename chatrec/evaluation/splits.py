@@ -455,7 +455,7 @@ def _move_into_place(staging: Path, out: Path) -> None:
 
 
 def print_split_summary(manifest: dict[str, Any], out_dir: str, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or Console(markup=False)  # names and reasons come from user data
     table = Table(title=f"chatrec split ({manifest['method']})", title_justify="left")
     for col in ("part", "rows", "users", "items"):
         table.add_column(col, justify="left" if col == "part" else "right")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from chatrec.evaluation.compare import MetricDelta
@@ -47,7 +48,7 @@ def print_evaluations(runs: dict[str, Evaluation], console: Console | None = Non
         ]
         cov = ev.coverage
         cells += [f"{cov['users_covered']:.1%}", f"{cov['catalogue_coverage']:.1%}", f"{cov['mean_popularity_percentile']:.0f}"]
-        table.add_row(name, *cells)
+        table.add_row(escape(name), *cells)
     console.print(table)
     cold = first.slices["cold_items"]
     if cold["users"]:
@@ -60,13 +61,13 @@ def print_evaluations(runs: dict[str, Evaluation], console: Console | None = Non
             slice_table.add_column(f"recall@{k}", justify="right")
         for name, ev in runs.items():
             metrics = ev.slices["cold_items"]["metrics"]
-            slice_table.add_row(name, *(f"{metrics[f'recall@{k}']:.4f}" for k in ks))
+            slice_table.add_row(escape(name), *(f"{metrics[f'recall@{k}']:.4f}" for k in ks))
         console.print(slice_table)
 
 
 def print_comparison(names: tuple[str, str], deltas: list[MetricDelta], console: Console | None = None) -> None:
     console = console or _console()
-    a, b = names
+    a, b = (escape(n) for n in names)  # run names are paths: rich would read "[...]" as markup
     table = Table(title=f"A/B: B = {b} against A = {a} ({deltas[0].users:,} paired test users)", title_justify="left")
     for col in ("metric", "A", "B", "B - A", "relative", "95% bootstrap CI", "t-test p", ""):
         table.add_column(col, justify="left" if col in ("metric", "") else "right")

@@ -4,6 +4,7 @@ the run's context (context.py) and sets what it produces there.
 
     read_validate   read+validate: inputs read and checked, rejects kept
     item_text       item-text: each item rendered as text
+    cluster         Ray joined or started, the actor pools sized (a driver step)
     embed_items     embed-items: item text vectors (encoder actors, embedding cache)
     embed_profiles  embed-profiles: the users table's profile texts, for the matcher
     train_matcher   the matcher's source (a driver step) and train-matcher

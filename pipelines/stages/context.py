@@ -55,14 +55,8 @@ class RunContext:
     refresh: bool
     done: frozenset[str]  # what an earlier attempt of this run id completed
     previous: PreviousRun | None  # a refresh's previous run (LATEST)
-    resources: ClusterResources
-    enc_plan: ActorPlan
-    topk_plan: ActorPlan
-    precision: str
     fingerprint: str  # the encoder's
     dim: int  # the encoder's hidden size
-    cache_key: str  # the embedding cache's, for this encoder and its settings
-    text_fingerprint: str  # what the item text vectors come from: a trained matcher is bound to it
 
     # -- read+validate ------------------------------------------------------------------
     inputs: Inputs | None = None
@@ -70,6 +64,13 @@ class RunContext:
     # -- item-text ----------------------------------------------------------------------
     texts: pa.Table | None = None  # schemas.ITEM_TEXT, catalogue order
     truncated: int = 0
+    # -- cluster: Ray and the actor pools ------------------------------------------------
+    resources: ClusterResources | None = None
+    enc_plan: ActorPlan | None = None
+    topk_plan: ActorPlan | None = None
+    precision: str | None = None
+    cache_key: str | None = None  # the embedding cache's, for this encoder and its settings
+    text_fingerprint: str | None = None  # what the item text vectors come from: a trained matcher is bound to it
     # -- embed-items --------------------------------------------------------------------
     embedding: dict | None = None  # its record: embedded, reused, cache_key
     item_ids: list[str] = field(default_factory=list)

@@ -1,0 +1,79 @@
+"""Crashes at every point of the job: kill -9 of the job's process group before every stage
+and in the middle of every stage that runs long enough to be caught in, each followed by a
+new attempt of the same run id, which gets one stage further before its own crash. The
+attempt that is left alone publishes exactly the clean run's output; LATEST never names a
+partial run on the way.
+
+The crashes are injected by the stage runner (pipelines.stage_runner, CHATREC_FAULT_INJECTION).
+The jobs join the test session's Ray, so an attempt costs its process start, not a Ray start."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chatrec.config import load_config
+from chatrec.publish import read_latest
+from pipelines.full_run import run_job
+from pipelines.stage_runner import FAULT_INJECTION_ENV
+from tests.test_refresh import catalogue, config, interaction_log, table, write_inputs
+
+REPO = Path(__file__).resolve().parent.parent
+# A stage shorter than this in the clean run is only crashed before, not inside.
+CATCHABLE_SECONDS = 1.0
+# What differs between two runs of the same inputs: their ids, output roots and times.
+VOLATILE = {"run_id", "created_at", "wall_seconds", "stages", "resumed_stages", "config_sha256"}
+
+
+def _stable(manifest: dict) -> dict:
+    stable = {k: v for k, v in manifest.items() if k not in VOLATILE}
+    stable["config"] = {k: v for k, v in manifest["config"].items() if k != "output"}
+    return stable
+
+
+@pytest.mark.slow
+def test_a_run_crashed_before_and_inside_every_stage_resumes_to_the_clean_runs_output(
+        ray_cluster, tiny_model_dir, tmp_path):
+    items = catalogue(2)
+    write_inputs(tmp_path / "data", items, interaction_log(items, 2))
+    # The matcher off: its training is equal across processes only up to float rounding
+    # (1e-6 in the scores), so its outputs could not be compared byte for byte.
+    cfg = config(tmp_path / "data", tmp_path / "out", tiny_model_dir, history={"users_per_block": 50},
+                 ray={"address": ray_cluster.get_runtime_context().gcs_address})
+    path = tmp_path / "job.yaml"
+    path.write_text(json.dumps(cfg))
+    # The clean run in an output of its own: no embedding cache shared with the crashed one.
+    clean = run_job(load_config(path, {"output": {"run_id": "clean", "path": str(tmp_path / "clean-out")}}))
+    stages = [(s["name"], s["seconds"]) for s in clean.manifest["stages"]]
+    faults = [f"before:{name}" for name, _ in stages]
+    faults += [f"during:{name}:{seconds / 2:.2f}" for name, seconds in stages if seconds >= CATCHABLE_SECONDS]
+    faults.sort(key=lambda f: [n for n, _ in stages].index(f.split(":")[1]))  # in stage order, before first
+
+    job = [sys.executable, "-m", "jobs.full_run", "--config", str(path), "--run-id", "crashed"]
+    out = tmp_path / "out"
+    for fault in faults:
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled", FAULT_INJECTION_ENV: fault}
+        attempt = subprocess.run(job, cwd=REPO, env=env, start_new_session=True, capture_output=True, text=True,
+                                 timeout=300)
+        assert attempt.returncode == -signal.SIGKILL, f"{fault}: not killed\n{attempt.stderr[-2000:]}"
+        assert read_latest(str(out)) is None, f"{fault}: LATEST names a run"
+        assert not (out / "runs" / "crashed").exists() or fault.startswith("during:publish")
+
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    last = subprocess.run(job, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert last.returncode == 0, last.stderr[-3000:]
+    assert read_latest(str(out)).endswith("runs/crashed")
+    assert not (out / ".staging" / "crashed").exists()
+    runs = {"clean": str(tmp_path / "clean-out" / "runs" / "clean"), "crashed": str(out / "runs" / "crashed")}
+    for name, key in (("recommendations", ["user_id", "rank"]), ("item_embeddings", ["item_id"]),
+                      ("user_embeddings", ["user_id"]), ("rejects", ["source", "row"])):
+        assert table(runs["crashed"], name, key).equals(table(runs["clean"], name, key)), name
+    manifests = {r: json.loads((Path(d) / "manifest.json").read_text()) for r, d in runs.items()}
+    assert _stable(manifests["crashed"]) == _stable(manifests["clean"])
+    assert len(faults) >= len(stages) + 2  # inside the encoder and top-K stages at least
