@@ -58,7 +58,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m 'not slow'
 
-# The fuzzing suite's long profile: 3,000 inputs per property, a new seed each run; inputs
+# The fuzzing suite's long profile: 1,000 inputs per property, a new seed each run; inputs
 # that fail are saved in tests/fuzz-examples/ (commit them: `make test` replays them).
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest tests/test_fuzz_inputs.py --hypothesis-seed=$$(date +%s)

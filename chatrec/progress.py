@@ -15,6 +15,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from chatrec import faults
+
 
 logger = logging.getLogger("chatrec.progress")
 
@@ -64,6 +66,19 @@ class ProgressCounter:
         import ray
 
         return int(ray.get(self.board.count.remote(self.key)))
+
+    @property
+    def stage(self) -> str:
+        return self.key.rsplit(":", 1)[0]
+
+    def worker_started(self) -> None:
+        """A worker of the stage started (a restarted or replaced one counts again)."""
+        self.board.add.remote(f"{self.key}#workers", 1)
+
+    def workers_started(self) -> int:
+        import ray
+
+        return int(ray.get(self.board.count.remote(f"{self.key}#workers")))
 
 
 def new_counter(stage: str) -> ProgressCounter:
@@ -128,8 +143,12 @@ class Counted:
     def __init__(self, *, inner: type, inner_kwargs: dict, counter: ProgressCounter | None) -> None:
         self.inner = inner(**inner_kwargs)
         self.counter = counter
+        if counter is not None:
+            counter.worker_started()
 
     def __call__(self, batch):
+        if self.counter is not None:
+            faults.in_worker(self.counter.stage)
         out = self.inner(batch)
         if self.counter is not None:
             self.counter.add(batch.num_rows)

@@ -61,6 +61,10 @@ def _read_one(fs, path: str, display: str, fmt: str, id_columns, rename) -> pa.T
             if table.num_columns == 1:  # a blank line of a one-column file is a row with an empty value
                 with fs.open_input_stream(path) as stream:
                     table = _read_csv(stream, path, id_columns, rename, blank_lines_are_rows=True)
+            try:
+                table.column_names  # noqa: B018 - Arrow decodes the header's names only here
+            except UnicodeDecodeError:
+                _raise_invalid_utf8(fs, path, display, _csv_parse_options(path), rename)
             if any(pa.types.is_binary(t) for t in table.schema.types):  # CSV infers binary only for bad UTF-8
                 _raise_invalid_utf8(fs, path, display, _csv_parse_options(path), rename)
             return table
@@ -68,7 +72,7 @@ def _read_one(fs, path: str, display: str, fmt: str, id_columns, rename) -> pa.T
             return _read_recbole(fs, path, display)
     except InputDataError:
         raise
-    except (pa.ArrowInvalid, OSError) as e:
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as e:  # Arrow decodes a CSV header with Python's codec
         if fmt in ("csv", "recbole") and "utf8" in str(e).lower().replace("-", ""):
             _raise_invalid_utf8(fs, path, display, _csv_parse_options(path, fmt), rename)
         raise InputDataError(f"cannot read as {fmt}: {e}", source=display) from e
@@ -99,17 +103,23 @@ def _raise_invalid_utf8(fs, path: str, display: str, parse: pacsv.ParseOptions, 
     """Name the first row (and column) whose bytes are not UTF-8: Arrow's reader says only
     that a column came out as binary, or that "invalid UTF8" was found somewhere."""
     with fs.open_input_stream(path) as stream:
-        header = stream.read(1 << 20).split(b"\n", 1)[0].rstrip(b"\r")
+        lines = stream.read(1 << 20).split(b"\n")
+    # The header is the first line that is not blank (Arrow's reader skips blank lines).
+    at = next((i for i, line in enumerate(lines) if line.strip(b"\r")), 0)
+    header = lines[at].rstrip(b"\r") if lines else b""
     try:
         names = next(csv.reader([header.decode("utf-8")], delimiter=parse.delimiter,
-                                quoting=csv.QUOTE_NONE if parse.quote_char is False else csv.QUOTE_MINIMAL))
+                                quoting=csv.QUOTE_NONE if parse.quote_char is False else csv.QUOTE_MINIMAL), [])
     except UnicodeDecodeError as e:
         raise InputDataError(f"the header is not valid UTF-8 ({_bad_bytes(header, e)}); save the file as UTF-8",
                              source=display) from None
-    with fs.open_input_stream(path) as stream:
-        table = pacsv.read_csv(stream, parse_options=parse, read_options=pacsv.ReadOptions(column_names=names,
-                               skip_rows=1), convert_options=pacsv.ConvertOptions(
-                                   column_types={n: pa.binary() for n in names}))
+    try:
+        with fs.open_input_stream(path) as stream:
+            table = pacsv.read_csv(stream, parse_options=parse, read_options=pacsv.ReadOptions(
+                column_names=names, skip_rows=at + 1), convert_options=pacsv.ConvertOptions(
+                    column_types={n: pa.binary() for n in names}))
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as e:  # unreadable as CSV beyond its encoding
+        raise InputDataError(f"invalid UTF-8, and cannot read as CSV: {e}", source=display) from e
     first: tuple[int, str, str] | None = None
     for name in table.column_names:
         for row, value in enumerate(table.column(name).to_pylist(), start=1):

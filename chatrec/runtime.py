@@ -7,17 +7,17 @@ GPU/CPU decisions are made here, from these numbers, and nowhere else.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import signal
 import socket
+import subprocess
 import sys
 from dataclasses import dataclass
 from typing import Literal
 
 import ray
 
+from chatrec import faults
 from chatrec.config import EncoderConfig, MatcherConfig, RayConfig, RerankConfig, RetrievalConfig
 from chatrec.errors import ClusterError, ConfigError
 
@@ -59,7 +59,7 @@ def connect(cfg: RayConfig) -> ClusterResources:
             _check_reachable(address)
         try:
             if address:
-                ray.init(address=address, logging_level=logging.WARNING)
+                ray.init(address=address, logging_level=logging.WARNING, runtime_env=faults.runtime_env())
             else:
                 start_local_ray(cfg.num_cpus)
         except Exception as e:  # Ray's own errors here are bare Exception, ConnectionError, TimeoutError...
@@ -75,23 +75,60 @@ def start_local_ray(num_cpus: int | None) -> None:
     Its GCS gets a port chosen here, and every process it starts inherits RAY_ADDRESS naming
     it: Ray's helpers that look a cluster up (Ray Train's placement-group cleaner) would
     otherwise scan for running Rays and find several when another job or a test suite runs
-    beside this one. Its workers die with its raylet (`exit_with_raylet`): a job killed with
-    its process group leaves no worker behind.
+    beside this one. A reaper process outside the job's process group kills the Ray's workers
+    when the driver dies (`start_reaper`): a job killed with its process group leaves no
+    worker behind.
     """
     port = _free_port()
     own = f"{ray.util.get_node_ip_address()}:{port}"
     saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT")}
     os.environ.update(RAY_ADDRESS=own, RAY_GCS_SERVER_PORT=str(port))
     try:
-        ray.init(address="local", logging_level=logging.WARNING,
-                 runtime_env={"worker_process_setup_hook": "chatrec.runtime.exit_with_raylet"},
-                 **({"num_cpus": num_cpus} if num_cpus else {}))
+        ray.init(address="local", logging_level=logging.WARNING, **({"num_cpus": num_cpus} if num_cpus else {}))
     finally:  # only Ray's processes keep them: a later connect in this process must not join a stopped Ray
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+    start_reaper(ray.get_runtime_context().get_node_id())
+
+
+# Waits for the driver to die, then SIGKILLs every process of its Ray node (their command
+# lines name the node), for a few seconds: workers still starting then are caught too.
+_REAPER = r"""
+import os, signal, sys, time
+driver, marks = int(sys.argv[1]), [m.encode() for m in sys.argv[2:]]
+while True:
+    try:
+        os.kill(driver, 0)
+    except ProcessLookupError:
+        break
+    except PermissionError:
+        pass
+    time.sleep(0.2)
+for _ in range(25):
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if any(m in f.read() for m in marks):
+                        os.kill(int(entry), signal.SIGKILL)
+            except OSError:
+                pass
+    time.sleep(0.2)
+"""
+
+
+def start_reaper(node_id: str) -> None:
+    """Ray's workers run in process groups of their own, so a kill -9 of the job's group
+    misses them, and a worker can take tens of seconds to notice its raylet is gone (one
+    still starting, longer). The reaper runs in a session of its own and ends with the job."""
+    if not sys.platform.startswith("linux"):
+        return
+    subprocess.Popen([sys.executable, "-c", _REAPER, str(os.getpid()), f"--node-id={node_id}",
+                      f"--node_id={node_id}"], start_new_session=True, stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
 
 
 def _check_reachable(address: str, timeout: float = 10.0) -> None:
@@ -111,20 +148,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))
         return s.getsockname()[1]
-
-
-def exit_with_raylet() -> None:
-    """Ray worker setup hook: the kernel kills this worker when its parent (the raylet) dies.
-
-    Ray's workers run in process groups of their own, so a kill -9 of the job's group misses
-    them, and a busy worker can take tens of seconds to notice its raylet is gone."""
-    if not sys.platform.startswith("linux"):
-        return
-    parent = os.getppid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the raylet died before the line above
-        os._exit(1)
 
 
 def configure_ray_data() -> None:

@@ -22,25 +22,36 @@ class StageMetric:
     seconds: float = 0.0
     detail: str = ""
     heartbeat: StageHeartbeat | None = field(default=None, repr=False, compare=False)
+    workers: int | None = None  # the stage's actor pool, when it has one that counts its rows
+    worker_restarts: int = 0  # its workers that died and were restarted or replaced
 
     @property
     def rows_per_s(self) -> float:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
 
-    def counter(self, total: int | None = None) -> ProgressCounter | None:
+    def counter(self, total: int | None = None, workers: int | None = None) -> ProgressCounter | None:
         """A counter for the workers of this stage to add their finished rows to (of `total`,
-        when known): the progress lines then say how far the stage is. None without Ray."""
+        when known): the progress lines then say how far the stage is. With `workers` (the
+        pool's size), the workers that had to be restarted are counted too. None without Ray."""
         import ray
 
         if self.heartbeat is None or not ray.is_initialized():
             return None
-        self.heartbeat.total = total
+        self.heartbeat.total, self.workers = total, workers
         self.heartbeat.counter = new_counter(self.name)
         return self.heartbeat.counter
 
+    def count_restarts(self) -> None:
+        counter = self.heartbeat.counter if self.heartbeat is not None else None
+        if counter is not None and self.workers:
+            self.worker_restarts = max(0, counter.workers_started() - self.workers)
+
     def to_dict(self) -> dict:
-        return {"name": self.name, "unit": self.unit, "rows": self.rows, "seconds": round(self.seconds, 3),
-                "detail": self.detail, "rows_per_s": round(self.rows_per_s, 1)}
+        record = {"name": self.name, "unit": self.unit, "rows": self.rows, "seconds": round(self.seconds, 3),
+                  "detail": self.detail, "rows_per_s": round(self.rows_per_s, 1)}
+        if self.worker_restarts:
+            record["worker_restarts"] = self.worker_restarts
+        return record
 
 
 @dataclass
@@ -62,6 +73,7 @@ class StageClock:
             metric.seconds = time.perf_counter() - start
             metric.heartbeat.stop()
             self.stages.append(metric)
+        metric.count_restarts()  # a stage that completed (one that failed may have lost Ray with it)
         extra = f" - {metric.detail}" if metric.detail else ""
         logger.info(
             "[%s] done: %d %s in %.1f s (%.0f %s/s)%s",

@@ -95,6 +95,22 @@ def _plain_text(value: pl.Expr, dtype: pl.DataType) -> pl.Expr:
     return value.cast(pl.String)
 
 
+def _binary_text(df: pl.DataFrame, col: str) -> pl.Expr:
+    """A binary column as text: its bytes must be UTF-8 (an InputDataError names the first row
+    whose bytes are not)."""
+    try:
+        df[col].to_arrow().cast(pa.string())  # Arrow checks the bytes; Polars' cast fails without saying where
+    except pa.ArrowInvalid:
+        for i, value in enumerate(df[col].to_list()):
+            try:
+                if value is not None:
+                    value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InputDataError(f"expected text, found bytes that are not UTF-8 ({clip_text(repr(value))})",
+                                     source=df[SOURCE_COL][i], column=col, row=df[ROW_COL][i]) from None
+    return pl.col(col).cast(pl.String)
+
+
 def _attributes(df: pl.DataFrame, columns: list[str]) -> pl.Expr:
     """Columns rendered as a list of "name: value" strings, nulls left out."""
     parts = []
@@ -104,6 +120,8 @@ def _attributes(df: pl.DataFrame, columns: list[str]) -> pl.Expr:
             value = pl.col(name).cast(pl.List(pl.String)).list.join(", ")
         elif isinstance(dtype, pl.Struct):
             value = pl.col(name).struct.json_encode()
+        elif dtype == pl.Binary:
+            value = _binary_text(df, name)
         else:
             value = _plain_text(pl.col(name), dtype)
         parts.append(pl.when(value.is_not_null() & (value != "")).then(pl.lit(f"{name}: ") + value))

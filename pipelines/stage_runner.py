@@ -9,19 +9,15 @@ A job is a sequence of steps over one shared context:
 Resume, progress and the markers live here, once; a stage only does its work and says
 what it produced.
 
-Fault injection (the test suite's): with CHATREC_FAULT_INJECTION set to `before:<stage>`
-or `during:<stage>:<seconds>`, the runner kills its own process group with SIGKILL as
-that stage is about to start, or that many seconds into it: a crash at a chosen point.
+The test suite's crashes at a chosen stage are injected here (chatrec.faults).
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
 from dataclasses import dataclass
 from typing import Callable, Generic, Iterable, Sequence, TypeVar, Union
 
+from chatrec import faults
 from chatrec.publish import RunOutput
 from chatrec.stage_metrics import StageClock, StageMetric
 
@@ -81,7 +77,7 @@ class StageRunner(Generic[C]):
         if step.when is not None and not step.when(ctx):
             return
         resumed = step.resumable and step.name in self.done
-        _inject_fault(step.name)
+        faults.at_stage_start(step.name)
         with self.clock.stage(step.name, step.unit) as metric:
             if resumed:
                 metric.detail = RESUMED
@@ -99,20 +95,3 @@ class StageRunner(Generic[C]):
         if step.after is not None:
             step.after(ctx)
 
-
-FAULT_INJECTION_ENV = "CHATREC_FAULT_INJECTION"
-
-
-def _inject_fault(stage: str) -> None:
-    """Kill the job's process group before `stage` or a while into it, when asked to."""
-    when, _, rest = os.environ.get(FAULT_INJECTION_ENV, "").partition(":")
-    name, _, seconds = rest.partition(":")
-    if name != stage:
-        return
-    kill = lambda: os.killpg(os.getpgid(0), signal.SIGKILL)  # noqa: E731
-    if when == "before":
-        kill()
-    elif when == "during":
-        timer = threading.Timer(float(seconds), kill)
-        timer.daemon = True  # a job that ends first is not killed on its way out
-        timer.start()

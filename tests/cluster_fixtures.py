@@ -172,3 +172,93 @@ def s3_bucket(tmp: Path, bucket: str) -> Iterator[S3Server]:
             env.setenv(key, value)
         boto3.client("s3").create_bucket(Bucket=bucket)
         yield server
+
+
+@dataclass
+class FaultyS3:
+    """A proxy in front of an S3 server that fails a share of requests: 503 SlowDown (which
+    clients retry) or a connection dropped without an answer."""
+
+    endpoint: str
+    failed: int = 0
+    forwarded: int = 0
+
+
+@contextmanager
+def faulty_s3(upstream: str, *, share: float, seed: int = 0) -> Iterator[FaultyS3]:
+    import http.client
+    import random
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    rng, lock = random.Random(seed), threading.Lock()
+    target = urlparse(upstream)
+    state = FaultyS3(endpoint="")
+
+    class Proxy(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:  # quiet
+            pass
+
+        def _handle(self) -> None:
+            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                body = b""
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                    if size == 0:
+                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                            pass  # trailers
+                        break
+                    body += self.rfile.read(size)
+                    self.rfile.readline()
+            else:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            with lock:
+                fail = rng.random() < share
+                kind = rng.choice(["503", "drop"]) if fail else None
+            if kind == "drop":
+                state.failed += 1
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            if kind == "503":
+                state.failed += 1
+                error = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+                self.send_response(503)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(error)))
+                self.end_headers()
+                self.wfile.write(error)
+                return
+            state.forwarded += 1
+            conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+            headers = {k: v for k, v in self.headers.items()
+                       if k.lower() not in ("connection", "transfer-encoding", "content-length")}
+            headers["Content-Length"] = str(len(body))
+            conn.request(self.command, self.path, body=body, headers=headers)
+            answer = conn.getresponse()
+            data = answer.read()
+            self.send_response(answer.status, answer.reason)
+            head = self.command == "HEAD"  # its Content-Length is the object's: passed on, no body
+            for key, value in answer.getheaders():
+                if key.lower() not in ("connection", "transfer-encoding") and (head or key.lower() != "content-length"):
+                    self.send_header(key, value)
+            if not head:
+                self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if not head:
+                self.wfile.write(data)
+            conn.close()
+
+        do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+    server = ThreadingHTTPServer((HOST, 0), Proxy)
+    state.endpoint = f"http://{HOST}:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -23,7 +23,7 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
 )
 settings.register_profile(
-    "long", max_examples=3000, deadline=None, print_blob=True, database=DirectoryBasedExampleDatabase(FUZZ_EXAMPLES),
+    "long", max_examples=1000, deadline=None, print_blob=True, database=DirectoryBasedExampleDatabase(FUZZ_EXAMPLES),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

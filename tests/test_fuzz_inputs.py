@@ -155,3 +155,22 @@ def test_a_million_interactions_of_one_user_are_validated_and_become_one_history
     histories = population.histories
     assert histories.num_rows == 1
     assert histories.column("user_id").to_pylist() == ["u"]
+
+
+# Inputs `make fuzz` found, kept as plain tests.
+
+def test_a_binary_attribute_is_text_when_utf8_and_an_error_naming_its_row_when_not(tmp_path):
+    from tests.conftest import write_parquet
+
+    good = write_parquet(tmp_path / "good.parquet", {"user_id": ["a", "b"], "rating": pa.array([b"4", None])})
+    holds(good, "users", 2)
+    bad = write_parquet(tmp_path / "bad.parquet", {"user_id": ["a", "b"], "rating": pa.array([b"4", b"\x80"])})
+    with pytest.raises(InputDataError, match=r"column 'rating', row 2: expected text, found bytes that are not UTF-8"):
+        validate_users(read_table(TableInput(path=str(bad)), id_columns=("user_id",)), location=str(bad))
+
+
+def test_a_csv_whose_header_is_not_utf8_is_refused_naming_the_file(tmp_path):
+    for raw in (b"\n\x80\n", b"\x80\n1\n", b"user_id\n\x80\n"):
+        path = tmp_path / "users.csv"
+        path.write_bytes(raw)
+        holds(path, "users", None)

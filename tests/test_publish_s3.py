@@ -5,13 +5,14 @@ commit: these check that contract, and that locations resolve there as they do l
 """
 
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pytest
 
 from chatrec import schemas
 from chatrec.errors import PublishError
 from chatrec.publish import RunOutput, add_run_file, read_latest
 from chatrec.sources import resolve_files
-from tests.cluster_fixtures import s3_bucket
+from tests.cluster_fixtures import faulty_s3, s3_bucket
 
 BUCKET = "publish"
 
@@ -105,3 +106,52 @@ def test_derived_files_are_added_to_a_published_run(s3):
     run_dir = f"s3://{BUCKET}/out/runs/r1"
     assert add_run_file(run_dir, "evaluation.json", b"{}") == f"{run_dir}/evaluation.json"
     assert boto3.client("s3").get_object(Bucket=BUCKET, Key="out/runs/r1/evaluation.json")["Body"].read() == b"{}"
+
+
+def _publish(root: str, run_id: str) -> None:
+    """One attempt of a run's writes on the object store, as the job makes them."""
+    run = RunOutput(root, run_id)
+    run.prepare(config_sha256="c")
+    if "write" not in run.completed_stages():
+        run.reset("recommendations")
+        run.write_table("recommendations", recommendations(run_id))
+        run.mark_complete("write", {"rows": 1})
+    run.write_json("manifest.json", {"run_id": run_id})
+    run.commit()
+
+
+def _latest_is_whole(root: str) -> str | None:
+    """What LATEST names, checked complete (read straight from the server)."""
+    latest = read_latest(root)
+    if latest is not None:
+        run_id = latest.rsplit("/", 1)[1]
+        run = RunOutput(root, run_id)
+        assert run.published_manifest()["run_id"] == run_id
+        assert pads.dataset(f"{latest.split('://', 1)[1]}/recommendations", filesystem=run.fs).to_table().equals(
+            recommendations(run_id))
+    return latest
+
+
+@pytest.mark.parametrize("share", [0.5])
+def test_a_failing_object_store_never_shows_a_half_published_run(s3, monkeypatch, share):
+    """A share of the server's answers are 503s or dropped connections: each attempt either
+    publishes or fails with an error, LATEST never names a partial run, and attempts of the
+    same run id end published."""
+    root = f"s3://{BUCKET}/faulty-{int(share * 100)}"
+    outcomes = []
+    with faulty_s3(s3.endpoint, share=share, seed=int(share * 100)) as proxy:
+        for run_id in ("r1", "r2", "r3"):
+            for _ in range(12):
+                monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+                try:
+                    _publish(root, run_id)
+                    outcomes.append("published")
+                except (OSError, PublishError) as e:
+                    outcomes.append(type(e).__name__)
+                    assert str(e)
+                monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
+                latest = _latest_is_whole(root)
+                if latest is not None and latest.endswith(f"runs/{run_id}"):
+                    break
+            assert _latest_is_whole(root) == f"{root}/runs/{run_id}", outcomes
+    assert proxy.failed > 0 and "published" in outcomes

@@ -1,14 +1,11 @@
 """The nightly refresh on a real local Ray with a tiny real BERT: what it re-embeds, what it
-reuses, what the manifest says; a second run on a locked output is refused; a real process
-kill in the middle of top-K, then a resume, gives the clean run's output."""
+reuses, what the manifest says; a second run on a locked output is refused. (Crashes and
+resumes: tests/test_fault_injection.py.)"""
 
 import json
 import os
 import random
-import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +19,6 @@ from chatrec.publish import read_latest
 from pipelines.full_run import run_job
 from tests.conftest import VOCAB_WORDS, write_parquet
 
-REPO = Path(__file__).resolve().parent.parent
 N_ITEMS, N_USERS = 200, 300
 
 
@@ -181,65 +177,3 @@ def test_a_second_run_on_a_locked_output_is_refused(refreshed):
     finally:
         lock.unlink()
     assert not (refreshed["root"] / "out" / ".staging" / "blocked").exists()
-
-
-@pytest.mark.slow
-def test_a_run_killed_in_top_k_resumes_to_the_clean_runs_output(ray_cluster, tiny_model_dir, tmp_path):
-    items = catalogue(1)
-    write_inputs(tmp_path / "data", items, interaction_log(items, 1))
-    # 30 users per block: top-K runs as 10 tasks, long enough to be killed inside it.
-    cfg = config(tmp_path / "data", tmp_path / "out", tiny_model_dir, history={"users_per_block": 30},
-                 ray={"num_cpus": 2})
-    path = tmp_path / "job.yaml"
-    path.write_text(json.dumps(cfg))
-    job = [sys.executable, "-m", "jobs.full_run", "--config", str(path)]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    # The clean run in this process; the run to kill in a process of its own.
-    run_job(load_config(path, {"output": {"run_id": "clean"}}))
-    assert read_latest(str(tmp_path / "out")).endswith("runs/clean")
-
-    staging = tmp_path / "out" / ".staging" / "night"
-    proc = subprocess.Popen([*job, "--run-id", "night"], cwd=REPO, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        written = list((staging / "recommendations").glob("*.parquet")) if (staging / "recommendations").is_dir() else []
-        if written and not (staging / "_stages" / "top-k.json").exists():
-            os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started
-            break
-        time.sleep(0.02)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the job ended before it could be killed inside top-K"
-    # Its local Ray goes with it: the workers (process groups of their own) die with their raylet.
-    deadline = time.monotonic() + 5
-    while _session_processes(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _session_processes(proc.pid), "Ray processes of the killed job outlived it"
-    # Killed: LATEST still names the clean run; the partial run waits in staging.
-    assert read_latest(str(tmp_path / "out")).endswith("runs/clean")
-    assert (staging / "_stages" / "embed-users.json").exists() and not (staging / "_stages" / "top-k.json").exists()
-    assert not (tmp_path / "out" / "runs" / "night").exists()
-
-    resumed = subprocess.run([*job, "--run-id", "night"], cwd=REPO, env=env, check=True, capture_output=True,
-                             text=True)
-    summary = json.loads(resumed.stdout.strip().splitlines()[-1])
-    assert summary["resumed_stages"] == ["embed-items", "embed-users"]
-    assert read_latest(str(tmp_path / "out")).endswith("runs/night")
-    clean, night = (str(tmp_path / "out" / "runs" / r) for r in ("clean", "night"))
-    for name, key in (("recommendations", ["user_id", "rank"]), ("item_embeddings", ["item_id"]),
-                      ("user_embeddings", ["user_id"])):
-        assert table(night, name, key).equals(table(clean, name, key)), name
-    assert table(night, "recommendations", ["user_id", "rank"]).num_rows == N_USERS * 5
-
-
-def _session_processes(session: int) -> list[str]:
-    """Command lines of the live processes of a session (the killed job started one)."""
-    alive = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if os.getsid(int(entry.name)) == session:
-                    alive.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
-            except (ProcessLookupError, PermissionError, FileNotFoundError):
-                pass
-    return alive

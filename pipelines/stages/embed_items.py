@@ -28,7 +28,7 @@ def _embed(ctx: RunContext, m: StageMetric) -> None:
     embedding = embed_items_cached(
         ctx.texts, cache=cache, output=ctx.output, name=TABLE, fingerprint=ctx.fingerprint, dim=ctx.dim,
         encoder=cfg.encoder, plan=ctx.enc_plan, precision=ctx.precision, in_driver_below=ctx.in_driver_below,
-        progress=m.counter(),
+        progress=m.counter(workers=ctx.enc_plan.num_actors),
     )
     embedding["cache_key"] = ctx.cache_key if cache is not None else None
     m.detail = f"{embedding['embedded']} embedded, {embedding['reused']} from the embedding cache"

@@ -40,7 +40,7 @@ def _embed(ctx: RunContext, m: StageMetric) -> None:
         record.update(embed_items_cached(table, cache=cache, output=ctx.output, name=PROFILE_EMBEDDINGS,
                                          fingerprint=ctx.fingerprint, dim=ctx.dim, encoder=cfg.encoder,
                                          plan=ctx.enc_plan, precision=ctx.precision,
-                                         in_driver_below=ctx.in_driver_below, progress=m.counter()))
+                                         in_driver_below=ctx.in_driver_below, progress=m.counter(workers=ctx.enc_plan.num_actors)))
         ids, vectors = read_embeddings(ctx.output, PROFILE_EMBEDDINGS, "item_id")
     else:
         ids, vectors = [], np.zeros((0, ctx.dim), np.float32)

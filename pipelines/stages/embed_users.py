@@ -27,10 +27,12 @@ def _embed(ctx: RunContext, m: StageMetric) -> None:
     if reused.num_rows:
         output.write_table(USER_VECTORS, reused, file_name="reused.parquet")
     if histories.num_rows:
+        tower = _user_tower(ctx)
         embed_users(
-            todo, **_user_tower(ctx), dim=dim, users_per_block=ctx.cfg.history.users_per_block,
+            todo, **tower, dim=dim, users_per_block=ctx.cfg.history.users_per_block,
             in_driver_below=ctx.in_driver_below, work_path=output.path(USER_VECTORS),
-            out_path=output.path("user_embeddings"), progress=m.counter(total=todo.num_rows),
+            out_path=output.path("user_embeddings"),
+            progress=m.counter(total=todo.num_rows, workers=tower["plan"].num_actors),
         )
     m.detail = f"{reused.num_rows} reused from the previous run" if previous else ""
     _take(ctx, {"recomputed": todo.num_rows, "reused": reused.num_rows}, m)

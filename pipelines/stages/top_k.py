@@ -39,7 +39,7 @@ def _recommend(ctx: RunContext, m: StageMetric) -> None:
             out_path=output.path(table), strategy="two-tower" if matcher else "content",
             fusion=ray.put(matcher.fusion) if matcher is not None and matcher.fusion else None,
             new_rows=ray.put(new_rows) if retrieval.new_item_slots else None,
-            users_per_block=cfg.history.users_per_block, progress=m.counter(total=histories.num_rows),
+            users_per_block=cfg.history.users_per_block, progress=m.counter(total=histories.num_rows, workers=ctx.topk_plan.num_actors),
         )
     if ctx.fallback:
         popularity = item_popularity(inputs.interactions.table, ctx.texts)
