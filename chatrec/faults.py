@@ -39,12 +39,16 @@ def at_stage_start(stage: str) -> None:
         timer.start()
 
 
-def in_worker(stage: str) -> None:
-    """A worker of `stage` about to process a batch: die, once per stage, when asked to."""
+def worker_fault(stage: str) -> bool:
+    """Whether a worker of `stage` is asked to die (read once, as the worker starts)."""
     when, rest = _fault()
-    stages, _, marker_dir = rest.partition(":")
-    if when != "worker" or stage not in stages.split("+"):
-        return
+    return when == "worker" and stage in rest.partition(":")[0].split("+")
+
+
+def in_worker(stage: str) -> None:
+    """A worker of `stage` asked to die (`worker_fault`), about to process a batch: die,
+    once per stage."""
+    marker_dir = _fault()[1].partition(":")[2]
     try:
         os.close(os.open(os.path.join(marker_dir, stage), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:

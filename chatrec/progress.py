@@ -143,11 +143,13 @@ class Counted:
     def __init__(self, *, inner: type, inner_kwargs: dict, counter: ProgressCounter | None) -> None:
         self.inner = inner(**inner_kwargs)
         self.counter = counter
+        # The test suite's fault, decided once here rather than for every batch.
+        self.fault = counter is not None and faults.worker_fault(counter.stage)
         if counter is not None:
             counter.worker_started()
 
     def __call__(self, batch):
-        if self.counter is not None:
+        if self.fault:
             faults.in_worker(self.counter.stage)
         out = self.inner(batch)
         if self.counter is not None:

@@ -38,17 +38,23 @@ def _stable(manifest: dict) -> dict:
     return stable
 
 
-@pytest.mark.slow
-def test_a_run_crashed_before_and_inside_every_stage_resumes_to_the_clean_runs_output(
-        ray_cluster, tiny_model_dir, tmp_path):
-    items = catalogue(2)
-    write_inputs(tmp_path / "data", items, interaction_log(items, 2))
-    # The matcher off: its training is equal across processes only up to float rounding
-    # (1e-6 in the scores), so its outputs could not be compared byte for byte.
-    cfg = config(tmp_path / "data", tmp_path / "out", tiny_model_dir, history={"users_per_block": 50},
+def _job(ray_cluster, model: Path, tmp_path: Path, *, seed: int) -> tuple[dict, Path]:
+    """Inputs, and a job config (matcher off) joining the session's Ray, written to job.yaml."""
+    items = catalogue(seed)
+    write_inputs(tmp_path / "data", items, interaction_log(items, seed))
+    cfg = config(tmp_path / "data", tmp_path / "out", model, history={"users_per_block": 50},
                  ray={"address": ray_cluster.get_runtime_context().gcs_address})
     path = tmp_path / "job.yaml"
     path.write_text(json.dumps(cfg))
+    return cfg, path
+
+
+@pytest.mark.slow
+def test_a_run_crashed_before_and_inside_every_stage_resumes_to_the_clean_runs_output(
+        ray_cluster, tiny_model_dir, tmp_path):
+    # The matcher off: its training is equal across processes only up to float rounding
+    # (1e-6 in the scores), so its outputs could not be compared byte for byte.
+    cfg, path = _job(ray_cluster, tiny_model_dir, tmp_path, seed=2)
     # The clean run in an output of its own: no embedding cache shared with the crashed one.
     clean = run_job(load_config(path, {"output": {"run_id": "clean", "path": str(tmp_path / "clean-out")}}))
     stages = [(s["name"], s["seconds"]) for s in clean.manifest["stages"]]
@@ -99,13 +105,8 @@ ACTOR_STAGES = ("embed-items", "embed-users", "top-k")
 @pytest.mark.slow
 def test_a_worker_killed_inside_each_actor_stage_is_replaced_counted_and_changes_nothing(
         ray_cluster, tiny_model_dir, tmp_path):
-    items = catalogue(5)
-    write_inputs(tmp_path / "data", items, interaction_log(items, 5))
     # The job joins the session's Ray: the fault reaches the job's workers in its runtime environment.
-    cfg = config(tmp_path / "data", tmp_path / "out", tiny_model_dir, history={"users_per_block": 50},
-                 ray={"address": ray_cluster.get_runtime_context().gcs_address})
-    path = tmp_path / "job.yaml"
-    path.write_text(json.dumps(cfg))
+    _, path = _job(ray_cluster, tiny_model_dir, tmp_path, seed=5)
     run_job(load_config(path, {"output": {"run_id": "clean", "path": str(tmp_path / "clean-out")}}))
     markers = tmp_path / "markers"
     markers.mkdir()
