@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from chatrec import schemas
 
@@ -36,11 +37,13 @@ def build_histories(
     max_items: int,
     extra_user_ids: pa.Array | None = None,
     users: pa.Table | None = None,
+    profiles: pa.Table | None = None,
     excluded: pa.Table | None = None,
 ) -> UserPopulation:
     """interactions (schemas.INTERACTIONS) + item rows -> histories and fallback users.
 
-    With a users table (schemas.USERS), each history carries the user's profile text.
+    With a users table (schemas.USERS), each history carries the user's profile text; or
+    with `profiles` (user_id, profile_text: `profile_texts` of one).
     `excluded` (user_id, item_id; e.g. dismissed items, chatrec.feedback) joins those users'
     `seen_rows`, so the top-K stage leaves the items out; it is not history.
     """
@@ -72,17 +75,23 @@ def build_histories(
             .alias("seen_rows")
         ).drop("__excluded")
     if users is not None and users.num_rows:
-        histories = histories.join(profile_texts(users), on="user_id", how="left", maintain_order="left")
+        profiles = profile_texts(users)
+    elif profiles is not None and profiles.num_rows:
+        profiles = pl.from_arrow(profiles.select(["user_id", "profile_text"]))
+    else:
+        profiles = None
+    if profiles is not None:
+        histories = histories.join(profiles, on="user_id", how="left", maintain_order="left")
     else:
         histories = histories.with_columns(pl.lit(None, dtype=pl.String).alias("profile_text"))
     histories = histories.with_columns(pl.lit(None, dtype=pl.Int64).alias("history_key"))
-    known = set(histories["user_id"].to_list())
-    extra = [] if extra_user_ids is None else extra_user_ids.to_pylist()
-    fallback = sorted({u for u in extra if u is not None and u not in known})
-    return UserPopulation(
-        histories=histories.to_arrow().cast(schemas.HISTORIES),
-        fallback_user_ids=pa.array(fallback, pa.string()),
-    )
+    histories = histories.to_arrow().cast(schemas.HISTORIES)
+    fallback = pa.array([], pa.string())
+    if extra_user_ids is not None and len(extra_user_ids):
+        extra = pc.unique(extra_user_ids.cast(pa.string()).drop_null())
+        extra = extra.take(pc.array_sort_indices(extra))
+        fallback = extra.filter(pc.invert(pc.is_in(extra, value_set=histories.column("user_id"))))
+    return UserPopulation(histories=histories, fallback_user_ids=fallback)
 
 
 def history_keys(histories: pa.Table, item_keys: np.ndarray, tower_key: str) -> np.ndarray:

@@ -140,9 +140,11 @@ class Counted:
     `inner_kwargs` does the work; every batch it finishes is added to `counter`. Lets any
     actor pool report progress without knowing about it."""
 
-    def __init__(self, *, inner: type, inner_kwargs: dict, counter: ProgressCounter | None) -> None:
+    def __init__(self, *, inner: type, inner_kwargs: dict, counter: ProgressCounter | None,
+                 count_output: bool = False) -> None:
         self.inner = inner(**inner_kwargs)
         self.counter = counter
+        self.count_output = count_output
         # The test suite's fault, decided once here rather than for every batch.
         self.fault = counter is not None and faults.worker_fault(counter.stage)
         if counter is not None:
@@ -153,13 +155,15 @@ class Counted:
             faults.in_worker(self.counter.stage)
         out = self.inner(batch)
         if self.counter is not None:
-            self.counter.add(batch.num_rows)
+            self.counter.add(out.num_rows if self.count_output else batch.num_rows)
         return out
 
 
-def counted(inner: type, inner_kwargs: dict, counter: ProgressCounter | None) -> dict:
+def counted(inner: type, inner_kwargs: dict, counter: ProgressCounter | None, *, count_output: bool = False) -> dict:
     """`map_batches(**counted(Fn, kwargs, counter), ...)` in place of `map_batches(Fn,
-    fn_constructor_kwargs=kwargs, ...)`: Fn, or `Counted` around it when there is a counter."""
+    fn_constructor_kwargs=kwargs, ...)`: Fn, or `Counted` around it when there is a counter.
+    It counts the rows of each batch in, or with `count_output` the rows out."""
     if counter is None:
         return {"fn": inner, "fn_constructor_kwargs": inner_kwargs}
-    return {"fn": Counted, "fn_constructor_kwargs": {"inner": inner, "inner_kwargs": inner_kwargs, "counter": counter}}
+    return {"fn": Counted, "fn_constructor_kwargs": {"inner": inner, "inner_kwargs": inner_kwargs, "counter": counter,
+                                                     "count_output": count_output}}

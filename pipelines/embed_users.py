@@ -24,7 +24,7 @@ USERS_PER_BLOCK = 4096  # the default of history.users_per_block
 
 
 def embed_users(
-    histories: pa.Table,
+    histories: pa.Table | str,
     *,
     tower: type,
     tower_kwargs: dict,
@@ -39,12 +39,14 @@ def embed_users(
     """Histories -> user vectors with the user tower `tower` (a Ray Data callable class:
     RecencyMeanUserEncoder, or the matcher's MatcherUserEncoder), loaded once per actor.
 
+    `histories` is a table, or the path of the histories work table
+    (pipelines.histories.BUCKETED_HISTORIES), streamed from there: its users with a history.
     Vectors already in `work_path` (reused by a refresh) are published with the new ones.
     Fewer than `in_driver_below` users on CPU are embedded in the driver: starting the pool
     would cost more than the work. `progress` counts the users each actor finishes.
     """
     published = schemas.user_embeddings(dim)
-    if histories.num_rows < in_driver_below and plan.device == "cpu":
+    if isinstance(histories, pa.Table) and histories.num_rows < in_driver_below and plan.device == "cpu":
         fs, work = filesystem_for(work_path)
         fs.create_dir(work, recursive=True)
         if histories.num_rows:
@@ -55,19 +57,28 @@ def embed_users(
         vectors = pads.dataset(work, filesystem=fs, format="parquet").to_table(columns=published.names)
         pq.write_table(vectors.cast(published), posixpath.join(out, "part-00000.parquet"), filesystem=out_fs)
         return
-    if histories.num_rows:
-        ds = ray.data.from_arrow(blocks(histories, users_per_block)).map_batches(
+    if isinstance(histories, str):
+        ds = ray.data.read_parquet(histories, columns=schemas.HISTORIES.names).map_batches(
+            with_history, batch_format="pyarrow", batch_size=None)
+    else:
+        ds = ray.data.from_arrow(blocks(histories, users_per_block)) if histories.num_rows else None
+    if ds is not None:
+        ds.map_batches(
             **counted(tower, tower_kwargs, progress),
             batch_size=users_per_block,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=plan.num_actors),
             num_cpus=plan.num_cpus,
             num_gpus=plan.num_gpus,
-        )
-        ds.write_parquet(work_path)
+        ).write_parquet(work_path)
     ray.data.read_parquet(work_path, columns=published.names).map_batches(
         lambda t: t.cast(published), batch_format="pyarrow"
     ).write_parquet(out_path)
+
+
+def with_history(histories: pa.Table) -> pa.Table:
+    """The users with a history (the others get the popularity fallback)."""
+    return histories.filter(pc.greater(histories.column("history_len"), 0))
 
 
 def split_reusable(histories: pa.Table, previous: pa.Table | None, dim: int) -> tuple[pa.Table, pa.Table]:

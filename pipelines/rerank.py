@@ -50,6 +50,7 @@ from chatrec.rerank.selection import select_users
 from chatrec.rerank.stats import stage_stats
 from chatrec.runtime import cluster_resources, rerank_plan
 from chatrec.sources import filesystem_for
+from pipelines.recommend import write_by_bucket
 
 logger = logging.getLogger(__name__)
 
@@ -68,12 +69,13 @@ def rerank_stage(
     out_path: str,
     status_path: str,
     catalogue: ItemCatalogue,
-    histories: pa.Table,
+    histories: pa.Table | str,
     users: pa.Table | None,
     item_text: pa.Table | None,
     cfg: RerankConfig,
     top_k: int,
     run_id: str,
+    buckets: int = 1,
     engine: type | None = None,
     engine_kwargs: dict[str, Any] | None = None,
     progress: ProgressCounter | None = None,
@@ -82,11 +84,14 @@ def rerank_stage(
     into the top `top_k` at `out_path` (the same schema, `explanation` filled where the model
     placed the item) and write one schemas.RERANK_STATUS row per user to `status_path`.
 
-    `histories` (schemas.HISTORIES) give recent items and profiles; `users` (schemas.USERS)
+    `histories` (schemas.HISTORIES, or the path of the run's histories work table) give
+    recent items and profiles; `users` (schemas.USERS)
     profiles and segments; `item_text` (schemas.ITEM_TEXT) the candidates' text (titles and
     categories without it). `engine` replaces the configured engine with another Ray Data
     callable class taking `user_id`, `prompt_ids` and giving engines.ANSWERS (tests pass a
-    scripted one), constructed with `engine_kwargs`. Returns the manifest's "rerank" section.
+    scripted one), constructed with `engine_kwargs`. `out_path` is partitioned by user bucket
+    (`buckets` of them, pipelines.recommend.write_by_bucket). Returns the manifest's "rerank"
+    section.
     """
     started = time.perf_counter()
     template = load_template(cfg.template)
@@ -107,6 +112,8 @@ def rerank_stage(
     lists = _candidate_lists(candidates, set(selected), catalogue, item_text, cfg.item_chars)
 
     # 2. Prompts, tokens, budget
+    if isinstance(histories, str):
+        histories = _read_histories(histories, selected)
     context = _PromptContext(catalogue, histories, users, cfg.history_items)
     outcomes: dict[str, parsing.Reranked] = {}
     prompted: list[tuple[str, np.ndarray]] = []
@@ -158,7 +165,7 @@ def rerank_stage(
     # 5. Outputs
     status = _status_table(user_ids, outcomes, tokens)
     _write_table(status, status_path)
-    _apply(candidates_path, out_path, outcomes, top_k)
+    _apply(candidates_path, out_path, outcomes, top_k, buckets)
     return stage_stats(cfg, status, template=template, fingerprint=fingerprint, engine=engine_name, plan=plan,
                        top_k=top_k, new_tokens=new_tokens, selected=len(selected), prompted=len(prompted),
                        spent=spent, gen_seconds=gen_seconds, context_length=tokens_view.context_length,
@@ -197,6 +204,13 @@ def _candidate_lists(candidates: pl.DataFrame, selected: set[str], catalogue: It
             out.append(Candidate(item_id=item, title=title, text=clip(text, chars)))
         lists[user] = out
     return lists
+
+
+def _read_histories(path: str, user_ids: list[str]) -> pa.Table:
+    """The histories of `user_ids` from the histories work table (pipelines.histories)."""
+    fs, inner = filesystem_for(path)
+    return pads.dataset(inner, filesystem=fs, format="parquet").to_table(
+        columns=["user_id", "recent_rows", "profile_text"], filter=pads.field("user_id").isin(user_ids))
 
 
 class _PromptContext:
@@ -288,7 +302,7 @@ def _write_table(table: pa.Table, directory: str) -> None:
     pq.write_table(table, posixpath.join(inner, "part-00000.parquet"), filesystem=fs)
 
 
-def _apply(candidates_path: str, out_path: str, outcomes: dict, top_k: int) -> None:
+def _apply(candidates_path: str, out_path: str, outcomes: dict, top_k: int, buckets: int) -> None:
     """Candidates -> the published top K: reordered rows for users whose order changed, the
     first K for everyone else. Row by row, so it streams through Ray Data at any size."""
     changed = {}
@@ -298,10 +312,10 @@ def _apply(candidates_path: str, out_path: str, outcomes: dict, top_k: int) -> N
                 {p + 1: slot + 1 for slot, p in enumerate(outcome.order)},  # top-K rank -> new rank
                 {p + 1: e for p, e in zip(outcome.order, outcome.explanations)},
             )
-    ds = ray.data.read_parquet(candidates_path).map_batches(
+    ds = ray.data.read_parquet(candidates_path, columns=schemas.RECOMMENDATIONS.names).map_batches(
         _reorder, fn_kwargs=dict(changed=ray.put(changed), top_k=top_k), batch_size=None, batch_format="pyarrow",
     )
-    ds.write_parquet(out_path)
+    write_by_bucket(ds, out_path, buckets)
 
 
 def _reorder(batch: pa.Table, *, changed: ray.ObjectRef | dict, top_k: int) -> pa.Table:

@@ -10,7 +10,9 @@ from chatrec.cli import main
 from chatrec.config import load_config
 from chatrec.errors import InputDataError, PublishError
 from chatrec.publish import read_latest
+from chatrec.user_buckets import bucket_of
 from pipelines.full_run import run_job
+from pipelines.stages import histories as histories_stage
 from tests.conftest import make_toy_catalogue, write_parquet
 
 
@@ -113,7 +115,11 @@ def test_schema_error_publishes_nothing(ray_cluster, tiny_model_dir, tmp_path):
     assert not (tmp_path / "out" / "runs").exists()
 
 
-def test_rejects_and_popularity_fallback(ray_cluster, tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("on_cluster", [False, True], ids=["histories-in-driver", "histories-on-cluster"])
+def test_rejects_and_popularity_fallback(ray_cluster, tiny_model_dir, tmp_path, monkeypatch, on_cluster):
+    if on_cluster:  # the path of a big log: the shuffle by bucket, on Ray, into 4 buckets
+        monkeypatch.setattr(histories_stage, "IN_DRIVER_BELOW", 0)
+        monkeypatch.setattr(histories_stage, "bucket_count", lambda rows: 4)
     paths = make_toy_catalogue(tmp_path)
     log = [
         {"user_id": "u1", "item_id": "a1", "timestamp": "100"},
@@ -142,6 +148,13 @@ def test_rejects_and_popularity_fallback(ray_cluster, tiny_model_dir, tmp_path):
     assert m["rejects"]["total"] == 3 == m["outputs"]["rejects"]
     assert m["rejects"]["by_reason"] == {"null id": 1, "unknown item": 1, "unparsable timestamp": 1}
     assert m["users"] == {"covered": 4, "with_history": 2, "popularity_fallback": 2}
+    # Partitioned by user bucket, as the manifest says: each user's rows in its bucket's directory.
+    buckets = m["partitioning"]["recommendations"]["buckets"]
+    assert buckets == (4 if on_cluster else 1) and m["partitioning"]["recommendations"]["column"] == "bucket"
+    by_dir = pads.dataset(os.path.join(result.run_dir, "recommendations"), format="parquet", partitioning="hive")
+    rows = by_dir.to_table(columns=["user_id", "bucket"]).to_pylist()
+    assert len(rows) == m["outputs"]["recommendations"]
+    assert all(r["bucket"] == bucket_of(r["user_id"], buckets) for r in rows)
 
 
 def test_cli_run_on_hand_written_tables(ray_cluster, tiny_model_dir, tmp_path, capsys):

@@ -91,9 +91,10 @@ class RunContext:
     catalogue: ItemCatalogue | None = None
     catalogue_ref: ray.ObjectRef | None = None
     index_ref: ray.ObjectRef | None = None
-    # -- histories ----------------------------------------------------------------------
-    histories: pa.Table | None = None  # schemas.HISTORIES with each user's history_key
-    fallback: list[str] = field(default_factory=list)  # users with no usable history
+    # -- histories: on the cluster, into a work table (pipelines.stages.histories.HISTORIES) --
+    buckets: int = 1  # user buckets (chatrec.user_buckets): the histories' and the outputs' partitioning
+    users_with_history: int = 0
+    users_without_history: int = 0  # the popularity fallback's
     # -- embed-users, top-k, rerank: their records ----------------------------------------
     users_record: dict | None = None
     topk_record: dict | None = None

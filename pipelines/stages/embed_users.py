@@ -4,38 +4,48 @@ run's vectors of users whose history key did not change. Writes user_embeddings/
 
 from __future__ import annotations
 
+import pyarrow as pa
 import ray
 
+from chatrec import schemas
 from chatrec.matcher.user_tower import MatcherUserEncoder
 from chatrec.publish import WORK_DIR
 from chatrec.runtime import user_plan
 from chatrec.stage_metrics import StageMetric
 from chatrec.user_vectors import RecencyMeanUserEncoder
-from pipelines.embed_users import embed_users, split_reusable
+from pipelines.embed_users import embed_users, split_reusable, with_history
 from pipelines.stage_runner import Stage
 from pipelines.stages.context import RunContext
+from pipelines.stages.histories import HISTORIES
 
 USER_VECTORS = f"{WORK_DIR}/user_vectors"  # what top-K reads: reused and recomputed vectors
 
 
 def _embed(ctx: RunContext, m: StageMetric) -> None:
-    output, previous, histories, dim = ctx.output, ctx.previous, ctx.histories, ctx.catalogue.dim
-    reused, todo = split_reusable(
-        histories, previous.table("user_embeddings", ["user_id", "history_key", "embedding"]) if previous else None,
-        dim,
-    )
-    if reused.num_rows:
-        output.write_table(USER_VECTORS, reused, file_name="reused.parquet")
-    if histories.num_rows:
+    output, previous, dim = ctx.output, ctx.previous, ctx.catalogue.dim
+    histories: pa.Table | str = output.path(HISTORIES)
+    reused = 0
+    if previous is not None:
+        # A refresh compares history keys in the driver (stub: at scale this wants the join on
+        # the cluster, by bucket).
+        reusable, histories = split_reusable(
+            with_history(output.dataset(HISTORIES).to_table(columns=schemas.HISTORIES.names)),
+            previous.table("user_embeddings", ["user_id", "history_key", "embedding"]), dim,
+        )
+        reused = reusable.num_rows
+        if reused:
+            output.write_table(USER_VECTORS, reusable, file_name="reused.parquet")
+    todo = ctx.users_with_history - reused
+    if ctx.users_with_history:
         tower = _user_tower(ctx)
         embed_users(
-            todo, **tower, dim=dim, users_per_block=ctx.cfg.history.users_per_block,
+            histories, **tower, dim=dim, users_per_block=ctx.cfg.history.users_per_block,
             in_driver_below=ctx.in_driver_below, work_path=output.path(USER_VECTORS),
             out_path=output.path("user_embeddings"),
-            progress=m.counter(total=todo.num_rows, workers=tower["plan"].num_actors),
+            progress=m.counter(total=todo, workers=tower["plan"].num_actors),
         )
-    m.detail = f"{reused.num_rows} reused from the previous run" if previous else ""
-    _take(ctx, {"recomputed": todo.num_rows, "reused": reused.num_rows}, m)
+    m.detail = f"{reused} reused from the previous run" if previous else ""
+    _take(ctx, {"recomputed": todo, "reused": reused}, m)
 
 
 def _take(ctx: RunContext, record: dict, m: StageMetric) -> None:

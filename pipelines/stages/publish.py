@@ -12,6 +12,7 @@ import os
 import shutil
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from chatrec import schemas
@@ -21,6 +22,7 @@ from chatrec.item_text import TEMPLATE_VERSION
 from chatrec.manifest import library_versions, utc_now
 from chatrec.publish import RunOutput
 from chatrec.stage_metrics import StageMetric
+from chatrec.user_buckets import BUCKET_COLUMN, partitioning
 from chatrec.validation import reject_counts_by_kind
 from pipelines.stage_runner import Stage
 from pipelines.stages.context import RunContext
@@ -32,7 +34,7 @@ EXAMPLE_ITEMS = 5
 
 def _manifest(ctx: RunContext, m: StageMetric) -> None:
     cfg, output, inputs, rejects = ctx.cfg, ctx.output, ctx.inputs, ctx.rejects
-    embedding, matcher, topk_record, histories = ctx.embedding, ctx.matcher, ctx.topk_record, ctx.histories
+    embedding, matcher, topk_record = ctx.embedding, ctx.matcher, ctx.topk_record
     if rejects.num_rows:
         output.write_table("rejects", rejects)
     output.ensure_table("rejects", schemas.REJECTS)
@@ -76,17 +78,18 @@ def _manifest(ctx: RunContext, m: StageMetric) -> None:
                     "by_reason": reject_counts_by_kind(rejects)},
         "items_truncated": ctx.truncated,
         "users": {
-            "covered": histories.num_rows + len(ctx.fallback),
-            "with_history": histories.num_rows,
-            "popularity_fallback": len(ctx.fallback),
+            "covered": ctx.users_with_history + ctx.users_without_history,
+            "with_history": ctx.users_with_history,
+            "popularity_fallback": ctx.users_without_history,
         },
+        "partitioning": {"recommendations": partitioning(ctx.buckets)},
         **({"refresh": _refresh_record(ctx)} if ctx.refresh else {}),
         "resumed_stages": sorted(ctx.done - {"inputs"}),
         "outputs": counts,
         "cluster": {"cpus": ctx.resources.cpus, "gpus": ctx.resources.gpus, "nodes": ctx.resources.nodes,
                     "encoder_actors": ctx.enc_plan.describe(), "topk_actors": ctx.topk_plan.describe()},
         "versions": library_versions(),
-        "examples": _examples(output, ctx.catalogue, histories, ctx.fallback),
+        "examples": _examples(output, ctx.catalogue),
     }
     m.rows = len(counts)
 
@@ -164,12 +167,22 @@ def _refresh_record(ctx: RunContext) -> dict:
     }
 
 
-def _examples(output: RunOutput, catalogue: ItemCatalogue, histories: pa.Table, fallback: list[str]) -> list[dict]:
-    """A few users' top items with titles and reasons, for the summary."""
-    users = histories.column("user_id").to_pylist()[:EXAMPLE_USERS] or fallback[:EXAMPLE_USERS]
+def _examples(output: RunOutput, catalogue: ItemCatalogue) -> list[dict]:
+    """A few users' top items with titles and reasons, for the summary: the first users by
+    id of the lowest bucket that has any (one bucket is read, not the whole table)."""
+    recommendations = output.dataset("recommendations")
+    by_bucket: dict[int, list] = {}
+    for fragment in recommendations.get_fragments():
+        by_bucket.setdefault(_bucket_of_path(fragment.path), []).append(fragment)
+    users: list[str] = []
+    for bucket in sorted(by_bucket):
+        ids = pa.concat_tables(f.to_table(columns=["user_id"]) for f in by_bucket[bucket]).column("user_id")
+        users = sorted(set(users) | set(pc.unique(ids).to_pylist()))[:EXAMPLE_USERS]
+        if len(users) == EXAMPLE_USERS:
+            break
     if not users:
         return []
-    table = output.dataset("recommendations").to_table(
+    table = recommendations.to_table(
         filter=pads.field("user_id").isin(users) & (pads.field("rank") <= EXAMPLE_ITEMS)
     ).sort_by([("user_id", "ascending"), ("rank", "ascending")])
     row_of = {item_id: i for i, item_id in enumerate(catalogue.item_ids)}
@@ -180,3 +193,11 @@ def _examples(output: RunOutput, catalogue: ItemCatalogue, histories: pa.Table, 
              "score": r["score"], "reason": r["reason"]}
         )
     return list(examples.values())
+
+
+def _bucket_of_path(path: str) -> int:
+    """The bucket a file of a table partitioned by user bucket is in (-1 outside any)."""
+    for part in reversed(path.split("/")):
+        if part.startswith(f"{BUCKET_COLUMN}="):
+            return int(part.split("=", 1)[1])
+    return -1

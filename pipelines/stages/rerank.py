@@ -8,6 +8,7 @@ from chatrec.stage_metrics import StageMetric
 from pipelines.rerank import rerank_stage
 from pipelines.stage_runner import Stage
 from pipelines.stages.context import RunContext
+from pipelines.stages.histories import HISTORIES
 from pipelines.stages.top_k import CANDIDATES
 
 
@@ -15,9 +16,9 @@ def _rerank(ctx: RunContext, m: StageMetric) -> None:
     cfg, output, users = ctx.cfg, ctx.output, ctx.inputs.users
     record = rerank_stage(
         candidates_path=output.path(CANDIDATES), out_path=output.path("recommendations"),
-        status_path=output.path("rerank_status"), catalogue=ctx.catalogue, histories=ctx.histories,
+        status_path=output.path("rerank_status"), catalogue=ctx.catalogue, histories=output.path(HISTORIES),
         users=users.table if users is not None else None, item_text=ctx.texts,
-        cfg=cfg.rerank, top_k=cfg.retrieval.top_k, run_id=ctx.run_id, progress=m.counter(),
+        cfg=cfg.rerank, top_k=cfg.retrieval.top_k, run_id=ctx.run_id, buckets=ctx.buckets, progress=m.counter(),
     )
     _take(ctx, record, m)
 

@@ -11,12 +11,12 @@ import ray
 from chatrec.histories import item_popularity
 from chatrec.new_item_slots import SLOT_STRATEGY, items_without_interactions
 from chatrec.publish import WORK_DIR
-from chatrec.recommender import popularity_rows
 from chatrec.stage_metrics import StageMetric
-from pipelines.recommend import recommend
+from pipelines.recommend import popularity_fallback, recommend
 from pipelines.stage_runner import Stage
 from pipelines.stages.context import RunContext
 from pipelines.stages.embed_users import USER_VECTORS
+from pipelines.stages.histories import HISTORIES
 
 CANDIDATES = f"{WORK_DIR}/candidates"  # with the rerank stage, which writes recommendations/ from them
 
@@ -26,35 +26,35 @@ def _table(ctx: RunContext) -> str:
 
 
 def _recommend(ctx: RunContext, m: StageMetric) -> None:
-    cfg, output, inputs, histories, matcher = ctx.cfg, ctx.output, ctx.inputs, ctx.histories, ctx.matcher
+    cfg, output, inputs, matcher = ctx.cfg, ctx.output, ctx.inputs, ctx.matcher
     table = _table(ctx)
     retrieval = cfg.retrieval.model_copy(update={"top_k": cfg.rerank.candidates}) if cfg.rerank.enabled else cfg.retrieval
     new_rows = items_without_interactions(
         ctx.catalogue.item_ids, pc.unique(inputs.interactions.table.column("item_id")).to_pylist()
     )
-    if histories.num_rows:
+    if ctx.users_with_history:
         recommend(
             user_vectors_path=output.path(USER_VECTORS), index_ref=ctx.index_ref,
             catalogue_ref=ctx.catalogue_ref, retrieval=retrieval, plan=ctx.topk_plan, run_id=ctx.run_id,
             out_path=output.path(table), strategy="two-tower" if matcher else "content",
             fusion=ray.put(matcher.fusion) if matcher is not None and matcher.fusion else None,
             new_rows=ray.put(new_rows) if retrieval.new_item_slots else None,
-            users_per_block=cfg.history.users_per_block, progress=m.counter(total=histories.num_rows, workers=ctx.topk_plan.num_actors),
+            users_per_block=cfg.history.users_per_block, buckets=ctx.buckets,
+            progress=m.counter(total=ctx.users_with_history, workers=ctx.topk_plan.num_actors),
         )
-    if ctx.fallback:
-        popularity = item_popularity(inputs.interactions.table, ctx.texts)
-        output.write_table(
-            table, popularity_rows(ctx.fallback, popularity, top_k=retrieval.top_k, run_id=ctx.run_id),
-            file_name="popularity-fallback.parquet",
-        )
-    _take(ctx, {"users": histories.num_rows + len(ctx.fallback), "new_items": len(new_rows),
+    if ctx.users_without_history:
+        popularity_fallback(histories_path=output.path(HISTORIES),
+                            popularity=item_popularity(inputs.interactions.table, ctx.texts),
+                            top_k=retrieval.top_k, run_id=ctx.run_id, out_path=output.path(table),
+                            buckets=ctx.buckets)
+    _take(ctx, {"users": ctx.users_with_history + ctx.users_without_history, "new_items": len(new_rows),
                 "new_item_slots": retrieval.new_item_slots,
                 "rows_in_new_item_slots": output.count_rows(table, pads.field("strategy") == SLOT_STRATEGY) or 0}, m)
 
 
 def _take(ctx: RunContext, record: dict, m: StageMetric) -> None:
     ctx.topk_record = record
-    m.rows = ctx.histories.num_rows + len(ctx.fallback)
+    m.rows = record["users"]
 
 
 # It writes one of the two; the other is never there when it runs (a new attempt redoes
