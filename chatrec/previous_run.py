@@ -64,14 +64,21 @@ class PreviousRun:
         return filesystem_for(self.location.rstrip("/"))
 
     def table(self, name: str, columns: list[str]) -> pa.Table | None:
+        found = self.table_location(name, columns)
+        if found is None:
+            return None
+        return pads.dataset(found[1], filesystem=found[0], format="parquet").to_table(columns=columns)
+
+    def table_location(self, name: str, columns: list[str]) -> tuple[pafs.FileSystem, str] | None:
+        """(filesystem, path) of one of the run's tables, for the cluster to read; None when
+        it is absent or was written before one of `columns` existed (nothing to reuse)."""
         fs, path = self._fs()
         location = posixpath.join(path, name)  # a table directory or one Parquet file
         if fs.get_file_info(location).type == pafs.FileType.NotFound:
             return None
-        dataset = pads.dataset(location, filesystem=fs, format="parquet")
-        if any(c not in dataset.schema.names for c in columns):
-            return None  # written before the column existed: nothing to reuse
-        return dataset.to_table(columns=columns)
+        if any(c not in pads.dataset(location, filesystem=fs, format="parquet").schema.names for c in columns):
+            return None
+        return fs, location
 
     def read_bytes(self, name: str) -> bytes:
         fs, path = self._fs()

@@ -11,6 +11,7 @@ import posixpath
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
@@ -34,6 +35,8 @@ def embed_users(
     out_path: str,
     users_per_block: int = USERS_PER_BLOCK,
     in_driver_below: int = 0,
+    previous: tuple[pafs.FileSystem, str] | None = None,
+    partitions: int = 1,
     progress: ProgressCounter | None = None,
 ) -> None:
     """Histories -> user vectors with the user tower `tower` (a Ray Data callable class:
@@ -44,6 +47,11 @@ def embed_users(
     Vectors already in `work_path` (reused by a refresh) are published with the new ones.
     Fewer than `in_driver_below` users on CPU are embedded in the driver: starting the pool
     would cost more than the work. `progress` counts the users each actor finishes.
+
+    `previous` (filesystem, path): a refresh's previous user_embeddings, joined to the
+    histories path on the cluster by (user_id, history_key) in `partitions` hash partitions:
+    a matched user's vector is reused, not recomputed, and its row in `work_path` says so
+    (REUSED).
     """
     published = schemas.user_embeddings(dim)
     if isinstance(histories, pa.Table) and histories.num_rows < in_driver_below and plan.device == "cpu":
@@ -60,6 +68,12 @@ def embed_users(
     if isinstance(histories, str):
         ds = ray.data.read_parquet(histories, columns=schemas.HISTORIES.names).map_batches(
             with_history, batch_format="pyarrow", batch_size=None)
+        if previous is not None:
+            before = ray.data.read_parquet(previous[1], filesystem=previous[0],
+                                           columns=["user_id", "history_key", "embedding"]).map_batches(
+                _previous_vectors, batch_format="pyarrow", batch_size=None)
+            ds = ds.join(before, "left_outer", partitions, on=("user_id", "history_key"))
+            tower_kwargs, tower = dict(tower=tower, tower_kwargs=tower_kwargs, dim=dim), ReuseOrEmbed
     else:
         ds = ray.data.from_arrow(blocks(histories, users_per_block)) if histories.num_rows else None
     if ds is not None:
@@ -74,6 +88,37 @@ def embed_users(
     ray.data.read_parquet(work_path, columns=published.names).map_batches(
         lambda t: t.cast(published), batch_format="pyarrow"
     ).write_parquet(out_path)
+
+
+REUSED = "reused"  # a work-table column of the refresh's join: the vector is the previous run's
+
+
+class ReuseOrEmbed:
+    """A Ray Data callable class: histories joined to the previous run's vectors
+    (`previous_embedding`, null where the history key changed) -> user vectors, computed by
+    `tower` only for the users without one, with a REUSED column."""
+
+    def __init__(self, *, tower: type, tower_kwargs: dict, dim: int) -> None:
+        self.tower = tower(**tower_kwargs)
+        self.schema = schemas.user_vectors(dim)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        found = pc.is_valid(batch.column("previous_embedding"))
+        reused = batch.filter(found)
+        reused = reused.select(schemas.HISTORIES.names).append_column(
+            "embedding", reused.column("previous_embedding")).cast(self.schema)
+        todo = batch.filter(pc.invert(found)).select(schemas.HISTORIES.names)
+        parts = [reused.append_column(REUSED, pa.array([True] * reused.num_rows, pa.bool_()))]
+        if todo.num_rows:
+            computed = self.tower(todo)
+            parts.append(computed.append_column(REUSED, pa.array([False] * computed.num_rows, pa.bool_())))
+        return pa.concat_tables(parts).sort_by("user_id")
+
+
+def _previous_vectors(table: pa.Table) -> pa.Table:
+    """A published user_embeddings block -> its keyed rows, the vector renamed for the join."""
+    table = table.filter(pc.is_valid(table.column("history_key")))
+    return table.rename_columns(["user_id", "history_key", "previous_embedding"])
 
 
 def with_history(histories: pa.Table) -> pa.Table:

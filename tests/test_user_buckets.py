@@ -1,16 +1,22 @@
-"""User buckets (chatrec.user_buckets) and the histories built by bucket on the cluster
-(pipelines.histories): the same histories as the whole log built in one process."""
+"""User buckets (chatrec.user_buckets), the histories built by bucket on the cluster
+(pipelines.histories): the same histories as the whole log built in one process, and a
+refresh's reuse of user vectors joined on the cluster: the same as compared in the driver."""
 
 import random
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 
 from chatrec import schemas
 from chatrec.histories import build_histories, history_keys, item_keys
+from chatrec.encoder import to_fixed_size_list
+from chatrec.runtime import ActorPlan
 from chatrec.user_buckets import bucket_count, bucket_of, user_buckets
+from pipelines.embed_users import REUSED, embed_users, split_reusable
 from pipelines.histories import BUCKETED_HISTORIES, build_histories_on_cluster
 
 
@@ -85,9 +91,59 @@ def test_histories_by_bucket_equal_the_whole_log_built_at_once(ray_cluster, tmp_
 
 
 def _write(directory, table):
-    import pyarrow.parquet as pq
-
     directory.mkdir()
     pq.write_table(table.slice(0, 1000), directory / "part-0.parquet")
     pq.write_table(table.slice(1000), directory / "part-1.parquet")
     return directory
+
+
+class ConstantTower:
+    """A user tower whose every vector is `value` in each dimension: computed vectors are
+    told apart from reused ones."""
+
+    def __init__(self, *, dim: int, value: float) -> None:
+        self.dim, self.value = dim, value
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        vectors = np.full((batch.num_rows, self.dim), self.value, np.float32)
+        return batch.select(schemas.HISTORIES.names).append_column("embedding", to_fixed_size_list(vectors)).cast(
+            schemas.user_vectors(self.dim))
+
+
+def test_a_refresh_joins_previous_vectors_on_the_cluster_as_the_driver_compares_them(ray_cluster, tmp_path):
+    items, log, users, excluded = _toy()
+    keys = item_keys(items)
+    build_histories_on_cluster(
+        log_path="", users=users, excluded=None, cover=None, item_rows=items.select(["item_id", "row"]),
+        item_keys=keys, tower_key="t", max_items=5, buckets=4, out_path=str(tmp_path / "histories"), in_driver=log)
+    histories = pads.dataset(str(tmp_path / "histories"), format="parquet").to_table()
+    with_history = histories.filter(pads.field("history_len") > 0).select(schemas.HISTORIES.names)
+    # The previous run: half the users with the same key, some with another key, one without.
+    rng = np.random.default_rng(0)
+    ids, hkeys = with_history.column("user_id").to_pylist(), with_history.column("history_key").to_pylist()
+    dim = 4
+    chosen = rng.permutation(len(ids))[: len(ids) * 3 // 4]
+    prev_keys = [hkeys[i] if j % 3 else hkeys[i] + 1 for j, i in enumerate(chosen)]
+    prev_keys[0] = None
+    previous = pa.table({
+        "user_id": [ids[i] for i in chosen], "history_key": pa.array(prev_keys, pa.int64()),
+        "embedding": to_fixed_size_list(rng.standard_normal((len(chosen), dim)).astype(np.float32)),
+    })
+    (tmp_path / "previous").mkdir()
+    pq.write_table(previous, tmp_path / "previous" / "part-0.parquet")
+    embed_users(
+        str(tmp_path / "histories"), tower=ConstantTower, tower_kwargs=dict(dim=dim, value=0.5), dim=dim,
+        plan=ActorPlan(num_actors=1, num_cpus=1, num_gpus=0, threads=1, device="cpu"),
+        work_path=str(tmp_path / "work"), out_path=str(tmp_path / "published"),
+        previous=(pafs.LocalFileSystem(), str(tmp_path / "previous")), partitions=3,
+    )
+    got = pads.dataset(str(tmp_path / "work"), format="parquet").to_table().sort_by("user_id")
+    reused, todo = split_reusable(with_history, previous, dim)
+    assert 0 < reused.num_rows < with_history.num_rows
+    got_reused = got.filter(pads.field(REUSED)).drop([REUSED])
+    assert got_reused.equals(reused.sort_by("user_id"))
+    computed = got.filter(~pads.field(REUSED))
+    assert computed.column("user_id").to_pylist() == sorted(todo.column("user_id").to_pylist())
+    assert all(v == [0.5] * dim for v in computed.column("embedding").to_pylist())
+    published = pads.dataset(str(tmp_path / "published"), format="parquet").to_table()
+    assert published.num_rows == with_history.num_rows

@@ -1,10 +1,12 @@
 """embed-users: each user's vector (Ray Data user-tower actors): the matcher's user tower,
 or a recency-weighted mean of the history's text vectors. A refresh reuses the previous
-run's vectors of users whose history key did not change. Writes user_embeddings/; resumable."""
+run's vectors of users whose history key did not change (a join on the cluster; in the
+driver below `ray.in_driver_below` users). Writes user_embeddings/; resumable."""
 
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.dataset as pads
 import ray
 
 from chatrec import schemas
@@ -13,7 +15,7 @@ from chatrec.publish import WORK_DIR
 from chatrec.runtime import user_plan
 from chatrec.stage_metrics import StageMetric
 from chatrec.user_vectors import RecencyMeanUserEncoder
-from pipelines.embed_users import embed_users, split_reusable, with_history
+from pipelines.embed_users import REUSED, embed_users, split_reusable, with_history
 from pipelines.stage_runner import Stage
 from pipelines.stages.context import RunContext
 from pipelines.stages.histories import HISTORIES
@@ -24,28 +26,30 @@ USER_VECTORS = f"{WORK_DIR}/user_vectors"  # what top-K reads: reused and recomp
 def _embed(ctx: RunContext, m: StageMetric) -> None:
     output, previous, dim = ctx.output, ctx.previous, ctx.catalogue.dim
     histories: pa.Table | str = output.path(HISTORIES)
-    reused = 0
-    if previous is not None:
-        # A refresh compares history keys in the driver (stub: at scale this wants the join on
-        # the cluster, by bucket).
+    columns = ["user_id", "history_key", "embedding"]
+    before = previous.table_location("user_embeddings", columns) if previous is not None else None
+    reused = None
+    if before is not None and ctx.users_with_history < ctx.in_driver_below:
+        # A small refresh: compared in the driver, and what changed embedded there too.
         reusable, histories = split_reusable(
             with_history(output.dataset(HISTORIES).to_table(columns=schemas.HISTORIES.names)),
-            previous.table("user_embeddings", ["user_id", "history_key", "embedding"]), dim,
+            previous.table("user_embeddings", columns), dim,
         )
-        reused = reusable.num_rows
+        reused, before = reusable.num_rows, None
         if reused:
             output.write_table(USER_VECTORS, reusable, file_name="reused.parquet")
-    todo = ctx.users_with_history - reused
     if ctx.users_with_history:
         tower = _user_tower(ctx)
         embed_users(
             histories, **tower, dim=dim, users_per_block=ctx.cfg.history.users_per_block,
             in_driver_below=ctx.in_driver_below, work_path=output.path(USER_VECTORS),
-            out_path=output.path("user_embeddings"),
-            progress=m.counter(total=todo, workers=tower["plan"].num_actors),
+            out_path=output.path("user_embeddings"), previous=before, partitions=ctx.buckets,
+            progress=m.counter(total=ctx.users_with_history, workers=tower["plan"].num_actors),
         )
+    if reused is None:  # the join on the cluster marked them
+        reused = (output.count_rows(USER_VECTORS, pads.field(REUSED)) or 0) if before is not None else 0
     m.detail = f"{reused} reused from the previous run" if previous else ""
-    _take(ctx, {"recomputed": todo, "reused": reused}, m)
+    _take(ctx, {"recomputed": ctx.users_with_history - reused, "reused": reused}, m)
 
 
 def _take(ctx: RunContext, record: dict, m: StageMetric) -> None:
