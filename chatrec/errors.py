@@ -46,9 +46,18 @@ class InputDataError(ChatrecError):
             where.append(f"row {row}")
         full = f"{', '.join(where)}: {message}" if where else message
         super().__init__(full)
+        self.message = message
         self.source = source
         self.column = column
         self.row = row
+
+    def shifted(self, rows: int) -> "InputDataError":
+        """The same error, its row `rows` further into the file (a chunk read from the middle)."""
+        return InputDataError(self.message, source=self.source, column=self.column,
+                              row=self.row + rows if self.row is not None else None)
+
+    def __reduce__(self):  # across processes (a Ray task's error) with its parts
+        return (_input_data_error, (self.message, self.source, self.column, self.row))
 
 
 class PublishError(ChatrecError):
@@ -67,3 +76,7 @@ class ModelLoadError(ChatrecError):
     """The encoder model could not be resolved or loaded."""
 
     exit_code = 5
+
+
+def _input_data_error(message, source, column, row) -> InputDataError:
+    return InputDataError(message, source=source, column=column, row=row)

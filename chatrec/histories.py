@@ -146,13 +146,20 @@ def item_popularity(interactions: pa.Table, item_text: pa.Table) -> pa.Table:
     Ordered by users descending, then item_id: the popularity fallback's ranking.
     """
     log = pl.from_arrow(interactions)
-    n_users = max(log["user_id"].n_unique(), 1)
     counts = log.group_by("item_id").agg(pl.col("user_id").n_unique().alias("users"))
+    rows = pl.from_arrow(item_text.select(["item_id", "row"])).join(counts, on="item_id", how="inner")
+    return rank_popularity(rows.select("row", "users").to_arrow(), item_text, log["user_id"].n_unique())
+
+
+def rank_popularity(users_per_row: pa.Table, item_text: pa.Table, n_users: int) -> pa.Table:
+    """`item_popularity` from its counts: (row, users) distinct users per catalogue row (rows
+    absent: none) and the number of users in the log."""
     ranked = (
         pl.from_arrow(item_text.select(["item_id", "row"]))
-        .join(counts, on="item_id", how="left")
+        .join(pl.from_arrow(users_per_row).select(pl.col("row").cast(pl.Int32), pl.col("users").cast(pl.Int64)),
+              on="row", how="left")
         .with_columns(pl.col("users").fill_null(0))
-        .with_columns((pl.col("users") / n_users).cast(pl.Float32).alias("share"))
+        .with_columns((pl.col("users") / max(n_users, 1)).cast(pl.Float32).alias("share"))
         .sort(["users", "item_id"], descending=[True, False])
     )
     return ranked.to_arrow()

@@ -42,13 +42,51 @@ def read_table(table: TableInput, *, id_columns: tuple[str, ...] = ()) -> pa.Tab
 
 
 def _read_file(fs, path: str, display: str, table: TableInput, id_columns) -> pa.Table:
-    fmt = detect_format(path, table.format)
-    raw = _read_one(fs, path, display, fmt, id_columns, table.rename)
-    raw = _apply_rename(raw, table.rename, display)
-    raw = _ids_as_strings(raw, id_columns, display)
+    return read_chunk(fs, path, display, table, id_columns=id_columns)
+
+
+def read_chunk(fs, path: str, display: str, table: TableInput, *, id_columns: tuple[str, ...] = (),
+               row_groups: list[int] | None = None, first_row: int = 0) -> pa.Table:
+    """One file of `table`, or with `row_groups` those row groups of a Parquet file, whose
+    first row is the file's data row `first_row` + 1: bookkeeping rows stay the file's."""
+    if row_groups is not None:
+        try:
+            raw = pq.ParquetFile(path, filesystem=fs).read_row_groups(row_groups)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise InputDataError(f"cannot read as parquet: {e}", source=display) from e
+    else:
+        raw = _read_one(fs, path, display, detect_format(path, table.format), id_columns, table.rename)
+    try:
+        raw = _apply_rename(raw, table.rename, display)
+        raw = _ids_as_strings(raw, id_columns, display)
+    except InputDataError as e:
+        if first_row and e.row is not None:
+            raise e.shifted(first_row) from e
+        raise
+    for reserved in (SOURCE_COL, ROW_COL):
+        if reserved in raw.column_names:
+            raise InputDataError(f"the column name {reserved!r} is reserved for chatrec's own bookkeeping; "
+                                 "rename or drop that column", source=display, column=reserved)
     n = raw.num_rows
     raw = raw.append_column(SOURCE_COL, pa.array([display] * n, pa.string()))
-    return raw.append_column(ROW_COL, pa.array(range(1, n + 1), pa.int64()))
+    return raw.append_column(ROW_COL, pa.array(range(first_row + 1, first_row + n + 1), pa.int64()))
+
+
+def header_columns(fs, path: str, display: str, table: TableInput) -> list[str]:
+    """A file's column names (renamed) from its footer or header line, without reading its rows."""
+    fmt = detect_format(path, table.format)
+    try:
+        if fmt == "parquet":
+            names = pq.read_schema(path, filesystem=fs).names
+        else:
+            with fs.open_input_stream(path) as stream:
+                first_line = stream.read(1 << 16).split(b"\n", 1)[0].decode("utf-8").rstrip("\r")
+            names = next(csv.reader([first_line], delimiter=_csv_parse_options(path, fmt).delimiter))
+            if fmt == "recbole":
+                names = [n.split(":", 1)[0] for n in names]
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError, StopIteration) as e:
+        raise InputDataError(f"cannot read the header as {fmt}: {e}", source=display) from e
+    return [table.rename.get(n, n) for n in names]
 
 
 def _read_one(fs, path: str, display: str, fmt: str, id_columns, rename) -> pa.Table:

@@ -43,15 +43,21 @@ def _first_source(df: pl.DataFrame, fallback: str) -> str:
 
 
 def _require_columns(df: pl.DataFrame, required: tuple[str, ...], what: str, location: str) -> None:
-    present = [c for c in df.columns if c not in _BOOKKEEPING]
+    require_columns(df.columns, required, what, _first_source(df, location), row=1 if df.height else None)
+
+
+def require_columns(columns: list[str], required: tuple[str, ...], what: str, location: str, *,
+                    row: int | None = None) -> None:
+    """InputDataError naming the first of `required` missing from `columns`."""
+    present = [c for c in columns if c not in _BOOKKEEPING]
     for col in required:
-        if col not in df.columns:
+        if col not in columns:
             raise InputDataError(
                 f"{what} table has no {col!r} column (its columns are {present}); "
                 f"add it or map a column to it with `rename`",
-                source=_first_source(df, location),
+                source=location,
                 column=col,
-                row=1 if df.height else None,
+                row=row,
             )
 
 

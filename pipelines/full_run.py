@@ -7,6 +7,7 @@ attempt was cut short). Then `RUN`, one file per stage in pipelines/stages/:
     2. item-text        item texts rendered
        (cluster)        Ray joined or started, the actor pools sized: after the inputs,
                         so bad input is reported without waiting for Ray
+       validate-log     a log too big for the driver: Ray tasks validate it chunk by chunk
     3. embed-items      Ray Data encoder actors; the embedding cache serves unchanged texts
     4. the matcher, with matcher.enabled:
          embed-profiles   the users table's profile texts, same encoder
@@ -57,7 +58,7 @@ from chatrec.stage_metrics import StageClock
 from pipelines.stage_runner import StageRunner
 from pipelines.stages import (
     catalogue, cluster, embed_items, embed_profiles, embed_users, histories, item_text, publish, read_validate, rerank, top_k,
-    token_states, train_matcher,
+    token_states, train_matcher, validate_log,
 )
 from pipelines.stages.context import RunContext
 
@@ -74,6 +75,7 @@ RUN = (
     read_validate.STAGE,
     item_text.STAGE,
     cluster.connect,  # driver step
+    validate_log.STAGE,  # a log too big for the driver
     embed_items.STAGE,
     *MATCHER,
     catalogue.build,  # driver step
@@ -84,7 +86,8 @@ RUN = (
     publish.STAGE,
 )
 REFRESH = RUN  # the same stages: what they reuse comes from the previous run (RunContext.previous)
-TRAIN = (read_validate.STAGE, item_text.STAGE, cluster.connect, embed_items.STAGE, *MATCHER, publish.MATCHER)
+TRAIN = (read_validate.STAGE, item_text.STAGE, cluster.connect, validate_log.STAGE, embed_items.STAGE, *MATCHER,
+         publish.MATCHER)
 
 
 @dataclass(frozen=True)

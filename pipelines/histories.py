@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
+from ray.data.aggregate import AggregateFnV2
 
 from chatrec import faults, schemas
 from chatrec.histories import build_histories, history_keys, profile_texts
@@ -42,6 +43,7 @@ def build_histories_on_cluster(
     users: pa.Table | None,
     excluded: pa.Table | None,
     cover: pa.Array | None,
+    cover_path: str | None = None,
     item_rows: pa.Table,
     item_keys: np.ndarray,
     tower_key: str,
@@ -55,7 +57,8 @@ def build_histories_on_cluster(
 
     `log_path`: validated interactions (schemas.INTERACTIONS) as Parquet; `users`
     (schemas.USERS), `excluded` (user_id, item_id) and `cover` (user ids with no valid
-    interaction, who still get recommendations) come from the driver; `item_rows`
+    interaction, who still get recommendations) come from the driver, or `cover_path` names
+    Parquet of such ids (user_id; a user there with a valid row is not harmed); `item_rows`
     (item_id, row) and `item_keys` ((n_items,) uint64, chatrec.histories.item_keys) are the
     catalogue's. `progress` counts the users each worker finishes.
 
@@ -77,6 +80,9 @@ def build_histories_on_cluster(
     extra = _extra_rows(users, excluded, cover)
     if extra:
         ds = ds.union(ray.data.from_arrow(pa.concat_tables(extra)))
+    if cover_path is not None:
+        ds = ds.union(ray.data.read_parquet(cover_path).map_batches(
+            _tagged, fn_kwargs=dict(kind=COVER), batch_format="pyarrow", batch_size=None))
     ds = ds.map_batches(with_buckets, fn_kwargs=dict(buckets=buckets), batch_format="pyarrow", batch_size=None)
     ds = ds.repartition(buckets, shuffle=True, keys=[BUCKET_COLUMN])
     # Tasks, not an actor pool: a pool holding every CPU would starve the shuffle before it.
@@ -96,6 +102,32 @@ def _bucket_histories(block: pa.Table, *, shared: ray.ObjectRef, tower_key: str,
     if progress is not None:
         progress.add(out.num_rows)
     return out
+
+
+def users_per_item(histories_path: str, n_items: int) -> pa.Table:
+    """(row, users): how many users of the histories work table have each catalogue row among
+    their seen items, counted per block by the workers and added up by Ray Data's
+    aggregation (no shuffle); rows no one has are absent. (Seen items are the distinct items
+    of the valid log, plus any excluded pairs: the driver counts a log with exclusions itself.)"""
+    counts = ray.data.read_parquet(histories_path, columns=["seen_rows"]).aggregate(UsersPerRow(n_items))["users"]
+    counts = np.asarray(counts, np.int64)  # (n_items,)
+    rows = np.flatnonzero(counts)
+    return pa.table({"row": pa.array(rows.astype(np.int32)), "users": pa.array(counts[rows])})
+
+
+class UsersPerRow(AggregateFnV2):
+    """Ray Data aggregation: (n_items,) counts of the rows in `seen_rows` lists."""
+
+    def __init__(self, n_items: int) -> None:
+        self.n_items = n_items
+        super().__init__("users", zero_factory=lambda: np.zeros(n_items, np.int64), on="seen_rows", ignore_nulls=True)
+
+    def aggregate_block(self, block: pa.Table) -> np.ndarray:
+        rows = pc.list_flatten(block.column("seen_rows")).to_numpy(zero_copy_only=False)
+        return np.bincount(rows.astype(np.int64), minlength=self.n_items)
+
+    def combine(self, current: np.ndarray, new: np.ndarray) -> np.ndarray:
+        return np.asarray(current) + np.asarray(new)
 
 
 def _extra_rows(users: pa.Table | None, excluded: pa.Table | None, cover: pa.Array | None) -> list[pa.Table]:

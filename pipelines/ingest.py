@@ -3,8 +3,10 @@
 With a feedback log (inputs.feedback), its clicks are merged into the interaction log here
 and its dismissals become exclusions (chatrec.feedback): every later stage sees the merged log.
 
-Runs on the driver with Arrow and Polars (vectorised, one pass per table): validation needs
-global views (duplicate ids, unknown items) and its outputs are small next to the vectors.
+Runs on the driver with Arrow and Polars (vectorised, one pass per table): the catalogue's
+checks need global views (duplicate ids) and its outputs are small next to the vectors. A log
+too big for the driver is only planned here and validated on the cluster
+(pipelines.validate_log), against the catalogue's ids.
 """
 
 from __future__ import annotations
@@ -26,19 +28,21 @@ from chatrec.validation import (
     validate_items,
     validate_users,
 )
+from pipelines.validate_log import LogPlan, plan_log
 
 
 @dataclass(frozen=True)
 class Inputs:
     items: Validated
-    interactions: Validated
+    interactions: Validated | None  # None: too big for the driver, validated on the cluster (log_plan)
     users: Validated | None
     knowledge: ItemKnowledge | None
-    log_user_ids: pa.Array  # every non-empty user id in the raw log, valid rows or not
+    log_user_ids: pa.Array | None  # every non-empty user id in the raw log, valid rows or not
     # With inputs.feedback: `interactions.table` already holds its clicks (counted in
     # `feedback.manifest`, so `interactions.table.num_rows` can exceed `rows_read`).
     feedback: Validated | None = None
     merged_feedback: FeedbackMerge | None = None
+    log_plan: LogPlan | None = None  # the log's chunks, when the cluster validates it
 
     @property
     def exclusions(self) -> pa.Table | None:
@@ -52,15 +56,18 @@ class Inputs:
         return {"rows": self.feedback.rows_read, **self.merged_feedback.manifest}
 
     def rejects(self) -> pa.Table:
-        parts = [self.items.rejects, self.interactions.rejects]
+        """The rejects found in the driver (a log validated on the cluster has its own)."""
+        parts = [self.items.rejects] + ([self.interactions.rejects] if self.interactions is not None else [])
         if self.users is not None:
             parts.append(self.users.rejects)
         if self.feedback is not None:
             parts.append(self.feedback.rejects)
         return pa.concat_tables(parts)
 
-    def reject_counts(self) -> dict[str, int]:
-        counts = {"items": self.items.rejects.num_rows, "interactions": self.interactions.rejects.num_rows}
+    def reject_counts(self, log_rejects: int = 0) -> dict[str, int]:
+        """By source; `log_rejects`: those of a log validated on the cluster."""
+        log = self.interactions.rejects.num_rows if self.interactions is not None else log_rejects
+        counts = {"items": self.items.rejects.num_rows, "interactions": log}
         if self.users is not None:
             counts["users"] = self.users.rejects.num_rows
         if self.feedback is not None:
@@ -69,19 +76,31 @@ class Inputs:
 
 
 def read_inputs(
-    inputs: InputsConfig, item_text: ItemTextConfig, feedback_cfg: FeedbackConfig | None = None
+    inputs: InputsConfig, item_text: ItemTextConfig, feedback_cfg: FeedbackConfig | None = None, *,
+    log_in_driver_below: int | None = None,
 ) -> Inputs:
-    """Read and validate every input; merge the feedback log (if any) into the interactions."""
+    """Read and validate every input; merge the feedback log (if any) into the interactions.
+
+    With `log_in_driver_below`, a log of that many rows or more (from its footers; estimated
+    for text files) is only planned and its columns checked: the cluster validates it
+    (pipelines.validate_log). Not with a feedback log, whose merge needs the log here."""
     items = validate_items(
         read_table(inputs.items, id_columns=("item_id",)),
         location=inputs.items.display,
         attributes=item_text.attributes,
         categories_delimiter=item_text.categories_delimiter,
     )
-    raw_log = read_table(inputs.interactions, id_columns=("user_id", "item_id"))
-    interactions = validate_interactions(
-        raw_log, location=inputs.interactions.display, item_ids=items.table.column("item_id").combine_chunks()
-    )
+    plan = None
+    if log_in_driver_below is not None and inputs.feedback is None:
+        plan = plan_log(inputs.interactions)
+        if plan.rows < log_in_driver_below:
+            plan = None
+    raw_log = interactions = None
+    if plan is None:
+        raw_log = read_table(inputs.interactions, id_columns=("user_id", "item_id"))
+        interactions = validate_interactions(
+            raw_log, location=inputs.interactions.display, item_ids=items.table.column("item_id").combine_chunks()
+        )
     users = None
     if inputs.users is not None:
         users = validate_users(read_table(inputs.users, id_columns=("user_id",)), location=inputs.users.display)
@@ -97,7 +116,8 @@ def read_inputs(
         )
         merged = merge_feedback(interactions.table, feedback.table, feedback_cfg or FeedbackConfig())
         interactions = Validated(merged.interactions, interactions.rejects, interactions.rows_read)
-    return Inputs(items, interactions, users, knowledge, user_ids_in_log(raw_log), feedback, merged)
+    log_user_ids = user_ids_in_log(raw_log) if raw_log is not None else None
+    return Inputs(items, interactions, users, knowledge, log_user_ids, feedback, merged, log_plan=plan)
 
 
 def item_texts(inputs: Inputs, cfg: ItemTextConfig) -> pa.Table:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from hypothesis import given
@@ -174,3 +176,42 @@ def test_a_csv_whose_header_is_not_utf8_is_refused_naming_the_file(tmp_path):
         path = tmp_path / "users.csv"
         path.write_bytes(raw)
         holds(path, "users", None)
+
+
+@given(data=st.data())
+def test_any_log_validated_on_the_cluster_in_chunks_is_what_the_driver_makes_of_it(data, scratch, ray_cluster):
+    """The property for the path of a big log (pipelines.validate_log): chunks of row groups
+    validated by Ray tasks give the driver's valid rows and rejects, or refuse the file the
+    driver refuses (a file that breaks the contract in several ways may be refused for another
+    of them: the headers are checked before any row is read)."""
+    from pipelines.validate_log import plan_log, validate_log_on_cluster
+
+    table = data.draw(tables(LOG), label="table")
+    directory = scratch()
+    path = directory / "input.parquet"
+    pq.write_table(table, path, row_group_size=data.draw(st.integers(1, 8), label="row_group_size"))
+    source = TableInput(path=str(path))
+    try:
+        driver = validate_interactions(read_table(source, id_columns=("user_id", "item_id")), location=str(path),
+                                       item_ids=CATALOGUE)
+    except InputDataError as e:
+        driver = e
+    out = {k: str(directory / "out" / k) for k in ("valid", "rejects", "users")}
+    try:
+        plan = plan_log(source, data.draw(st.integers(1, 10), label="rows_per_chunk"))
+        cluster = validate_log_on_cluster(plan, table=source, item_ids=CATALOGUE, valid_path=out["valid"],
+                                          rejects_path=out["rejects"], users_path=out["users"])
+    except InputDataError as e:
+        cluster = e
+    if isinstance(driver, InputDataError):
+        assert isinstance(cluster, InputDataError), f"the driver refused the log ({driver}), the cluster did not"
+        assert cluster.source == driver.source
+        return
+    assert not isinstance(cluster, InputDataError), f"the cluster refused a log the driver took: {cluster}"
+    assert (cluster.rows_read, cluster.valid, cluster.rejected) == (
+        driver.rows_read, driver.table.num_rows, driver.rejects.num_rows)
+    read = lambda k, schema: (pads.dataset(out[k], format="parquet").to_table().cast(schema)  # noqa: E731
+                              if Path(out[k]).exists() else schema.empty_table())
+    by = [(c, "ascending") for c in schemas.INTERACTIONS.names]
+    assert read("valid", schemas.INTERACTIONS).sort_by(by).equals(driver.table.sort_by(by))
+    assert read("rejects", schemas.REJECTS).sort_by("row").equals(driver.rejects.sort_by("row"))

@@ -3,7 +3,9 @@
 import json
 import os
 
+import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 
 from chatrec.cli import main
@@ -12,7 +14,9 @@ from chatrec.errors import InputDataError, PublishError
 from chatrec.publish import read_latest
 from chatrec.user_buckets import bucket_of
 from pipelines.full_run import run_job
+from pipelines import validate_log
 from pipelines.stages import histories as histories_stage
+from pipelines.stages import read_validate as read_validate_stage
 from tests.conftest import make_toy_catalogue, write_parquet
 
 
@@ -115,11 +119,15 @@ def test_schema_error_publishes_nothing(ray_cluster, tiny_model_dir, tmp_path):
     assert not (tmp_path / "out" / "runs").exists()
 
 
-@pytest.mark.parametrize("on_cluster", [False, True], ids=["histories-in-driver", "histories-on-cluster"])
+@pytest.mark.parametrize("on_cluster", [False, "log"], ids=["in-driver", "on-cluster"])
 def test_rejects_and_popularity_fallback(ray_cluster, tiny_model_dir, tmp_path, monkeypatch, on_cluster):
-    if on_cluster:  # the path of a big log: the shuffle by bucket, on Ray, into 4 buckets
+    # The path of a big log: validated by Ray tasks in chunks of two row groups (one row each),
+    # its histories built by the shuffle by bucket on Ray, into 4 buckets.
+    if on_cluster:
         monkeypatch.setattr(histories_stage, "IN_DRIVER_BELOW", 0)
         monkeypatch.setattr(histories_stage, "bucket_count", lambda rows: 4)
+        monkeypatch.setattr(read_validate_stage, "LOG_IN_DRIVER_BELOW", 0)
+        monkeypatch.setattr(validate_log, "ROWS_PER_CHUNK", 2)
     paths = make_toy_catalogue(tmp_path)
     log = [
         {"user_id": "u1", "item_id": "a1", "timestamp": "100"},
@@ -128,7 +136,7 @@ def test_rejects_and_popularity_fallback(ray_cluster, tiny_model_dir, tmp_path, 
         {"user_id": "u9", "item_id": "nope", "timestamp": "100"},  # only row unknown -> fallback
         {"user_id": None, "item_id": "a1", "timestamp": "100"},
     ]
-    write_parquet(paths["interactions"], log)
+    pq.write_table(pa.Table.from_pylist(log), paths["interactions"], row_group_size=1)
     users = write_parquet(tmp_path / "users.parquet", {"user_id": ["u1", "u10"], "age": [30, 40]})
     cfg = config(paths, tmp_path / "out", tiny_model_dir)
     cfg = load_config(None, {**cfg.to_dict(), "inputs": {**cfg.to_dict()["inputs"], "users": {"path": str(users)}}})
@@ -151,6 +159,9 @@ def test_rejects_and_popularity_fallback(ray_cluster, tiny_model_dir, tmp_path, 
     # Partitioned by user bucket, as the manifest says: each user's rows in its bucket's directory.
     buckets = m["partitioning"]["recommendations"]["buckets"]
     assert buckets == (4 if on_cluster else 1) and m["partitioning"]["recommendations"]["column"] == "bucket"
+    assert [s["name"] for s in m["stages"]].count("validate-log") == bool(on_cluster)
+    assert m["inputs"]["interactions"] == {"rows": 5, "valid": 2}
+    assert m["rejects"]["by_source"]["interactions"] == 3
     by_dir = pads.dataset(os.path.join(result.run_dir, "recommendations"), format="parquet", partitioning="hive")
     rows = by_dir.to_table(columns=["user_id", "bucket"]).to_pylist()
     assert len(rows) == m["outputs"]["recommendations"]

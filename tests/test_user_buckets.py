@@ -17,7 +17,7 @@ from chatrec.encoder import to_fixed_size_list
 from chatrec.runtime import ActorPlan
 from chatrec.user_buckets import bucket_count, bucket_of, user_buckets
 from pipelines.embed_users import REUSED, embed_users, split_reusable
-from pipelines.histories import BUCKETED_HISTORIES, build_histories_on_cluster
+from pipelines.histories import BUCKETED_HISTORIES, build_histories_on_cluster, users_per_item
 
 
 @pytest.mark.parametrize("text, fnv", [
@@ -147,3 +147,17 @@ def test_a_refresh_joins_previous_vectors_on_the_cluster_as_the_driver_compares_
     assert all(v == [0.5] * dim for v in computed.column("embedding").to_pylist())
     published = pads.dataset(str(tmp_path / "published"), format="parquet").to_table()
     assert published.num_rows == with_history.num_rows
+
+
+def test_users_per_item_counts_each_users_distinct_items(ray_cluster, tmp_path):
+    items, log, users, excluded = _toy()
+    build_histories_on_cluster(
+        log_path=str(_write(tmp_path / "log", log)), users=None, excluded=None, cover=None,
+        item_rows=items.select(["item_id", "row"]), item_keys=item_keys(items), tower_key="t", max_items=5,
+        buckets=8, out_path=str(tmp_path / "histories"))
+    got = users_per_item(str(tmp_path / "histories"), items.num_rows)
+    pairs = {(u, int(i[1:])) for u, i in zip(log.column("user_id").to_pylist(), log.column("item_id").to_pylist())}
+    want = {}
+    for _, row in pairs:
+        want[row] = want.get(row, 0) + 1
+    assert dict(zip(got.column("row").to_pylist(), got.column("users").to_pylist())) == want

@@ -21,6 +21,7 @@ from chatrec.runtime import ActorPlan, ClusterResources
 from chatrec.stage_metrics import StageClock
 from pipelines.ingest import Inputs
 from pipelines.train_matcher import MatcherArtifacts, TrainedMatcher
+from pipelines.validate_log import LogValidation
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,9 @@ class RunContext:
 
     # -- read+validate ------------------------------------------------------------------
     inputs: Inputs | None = None
-    rejects: pa.Table | None = None
+    rejects: pa.Table | None = None  # those found in the driver
+    # -- validate-log: a log too big for the driver, validated on the cluster --------------
+    log_checked: LogValidation | None = None
     # -- item-text ----------------------------------------------------------------------
     texts: pa.Table | None = None  # schemas.ITEM_TEXT, catalogue order
     truncated: int = 0
@@ -105,6 +108,13 @@ class RunContext:
     @property
     def run_id(self) -> str:
         return self.output.run_id
+
+    @property
+    def log_rows(self) -> tuple[int, int]:
+        """The interaction log's (rows read, valid rows), wherever it was validated."""
+        if self.inputs.interactions is not None:
+            return self.inputs.interactions.rows_read, self.inputs.interactions.table.num_rows
+        return self.log_checked.rows_read, self.log_checked.valid
 
     @property
     def in_driver_below(self) -> int:

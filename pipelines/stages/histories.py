@@ -18,8 +18,8 @@ from chatrec.user_buckets import bucket_count
 from pipelines.histories import build_histories_on_cluster
 from pipelines.stage_runner import Stage
 from pipelines.stages.context import RunContext
+from pipelines.stages.validate_log import LOG_USERS, VALID_LOG
 
-VALID_LOG = f"{WORK_DIR}/interactions"  # the validated log, handed to the cluster
 HISTORIES = f"{WORK_DIR}/histories"  # pipelines.histories.BUCKETED_HISTORIES
 LOG_ROWS_PER_FILE = 1 << 20  # files of the handed-over log: read in parallel on a cluster
 # Smaller logs are bucketed in the driver, at the same output: starting the shuffle and its
@@ -30,10 +30,18 @@ IN_DRIVER_BELOW = 1 << 18
 
 def _build(ctx: RunContext, m: StageMetric) -> None:
     cfg, inputs, matcher, output = ctx.cfg, ctx.inputs, ctx.matcher, ctx.output
-    log = inputs.interactions.table.select(["user_id", "item_id", "timestamp"])
-    small = log.num_rows < IN_DRIVER_BELOW
-    for part, start in enumerate(range(0, log.num_rows if not small else 0, LOG_ROWS_PER_FILE)):
-        output.write_table(VALID_LOG, log.slice(start, LOG_ROWS_PER_FILE), file_name=f"part-{part:05d}.parquet")
+    log = cover = cover_path = None
+    if inputs.interactions is None:  # validated on the cluster: its valid rows are in VALID_LOG already
+        rows = ctx.log_checked.valid
+        cover_path = output.path(LOG_USERS) if output.count_rows(LOG_USERS) else None
+    else:
+        log = inputs.interactions.table.select(["user_id", "item_id", "timestamp"])
+        rows = log.num_rows
+        cover = _users_without_valid_rows(inputs.log_user_ids, log)
+        if rows >= IN_DRIVER_BELOW:  # handed to the cluster
+            output.reset(VALID_LOG)
+            for part, start in enumerate(range(0, rows, LOG_ROWS_PER_FILE)):
+                output.write_table(VALID_LOG, log.slice(start, LOG_ROWS_PER_FILE), file_name=f"part-{part:05d}.parquet")
     profiles = cfg.history.profile_weight > 0 and inputs.users is not None
     tower_key = json.dumps(
         {"matcher": matcher.manifest.get("trained_in_run"), "params": matcher.manifest["params"]} if matcher
@@ -41,14 +49,13 @@ def _build(ctx: RunContext, m: StageMetric) -> None:
               "profile_weight": cfg.history.profile_weight if profiles else 0.0},
         sort_keys=True,
     )
-    ctx.buckets = bucket_count(log.num_rows)
+    ctx.buckets = bucket_count(rows)
     build_histories_on_cluster(
         log_path=output.path(VALID_LOG), users=inputs.users.table if inputs.users is not None else None,
-        excluded=inputs.exclusions, cover=_users_without_valid_rows(inputs.log_user_ids, log),
+        excluded=inputs.exclusions, cover=cover, cover_path=cover_path,
         item_rows=ctx.texts.select(["item_id", "row"]), item_keys=item_keys(ctx.texts), tower_key=tower_key,
-        max_items=cfg.history.max_items, buckets=ctx.buckets,
-        out_path=output.path(HISTORIES), in_driver=log if small else None,
-        progress=m.counter(),
+        max_items=cfg.history.max_items, buckets=ctx.buckets, out_path=output.path(HISTORIES),
+        in_driver=log if log is not None and rows < IN_DRIVER_BELOW else None, progress=m.counter(),
     )
     ctx.users_with_history = output.count_rows(HISTORIES, pads.field("history_len") > 0) or 0
     ctx.users_without_history = output.count_rows(HISTORIES, pads.field("history_len") == 0) or 0
@@ -61,4 +68,4 @@ def _users_without_valid_rows(log_user_ids: pa.Array, log: pa.Table) -> pa.Array
     return log_user_ids.filter(pc.invert(pc.is_in(log_user_ids, value_set=pc.unique(log.column("user_id")))))
 
 
-STAGE = Stage("histories", "users", run=_build, writes=(VALID_LOG, HISTORIES))
+STAGE = Stage("histories", "users", run=_build, writes=(HISTORIES,))

@@ -28,7 +28,8 @@ def _same_inputs(ctx: RunContext) -> None:
     output, inputs = ctx.output, ctx.inputs
     digest = hashlib.sha256()
     users = inputs.users.table if inputs.users else None
-    for table in (ctx.texts.select(["item_id", "text_sha256"]), inputs.interactions.table, users):
+    log = inputs.interactions.table if inputs.interactions is not None else None  # else: validate-log checks it
+    for table in (ctx.texts.select(["item_id", "text_sha256"]), log, users):
         if table is not None:
             # Row hashes, not raw buffers: Arrow buffers may carry slack bytes of no meaning.
             digest.update(pl.from_arrow(table).hash_rows(seed=0).to_numpy().tobytes())

@@ -27,17 +27,31 @@ from chatrec.validation import reject_counts_by_kind
 from pipelines.stage_runner import Stage
 from pipelines.stages.context import RunContext
 from pipelines.stages.train_matcher import MATCHER_CHECKPOINTS
+from pipelines.stages.validate_log import LOG_REJECTS
 
 EXAMPLE_USERS = 3
 EXAMPLE_ITEMS = 5
 
 
+def _rejects(ctx: RunContext) -> pa.Table:
+    """Every reject: the driver's, then those of a log validated on the cluster (read back:
+    rejects are few next to the log)."""
+    rejects = ctx.rejects
+    if ctx.inputs.interactions is None and ctx.log_checked.rejected:
+        log = ctx.output.dataset(LOG_REJECTS).to_table().cast(schemas.REJECTS)
+        rejects = pa.concat_tables([rejects, log.sort_by([("source", "ascending"), ("row", "ascending")])])
+    return rejects
+
+
 def _manifest(ctx: RunContext, m: StageMetric) -> None:
-    cfg, output, inputs, rejects = ctx.cfg, ctx.output, ctx.inputs, ctx.rejects
+    cfg, output, inputs = ctx.cfg, ctx.output, ctx.inputs
     embedding, matcher, topk_record = ctx.embedding, ctx.matcher, ctx.topk_record
+    rejects = _rejects(ctx)
     if rejects.num_rows:
         output.write_table("rejects", rejects)
     output.ensure_table("rejects", schemas.REJECTS)
+    log_read, log_valid = ctx.log_rows
+    log_rejects = ctx.log_checked.rejected if ctx.log_checked is not None else 0
     output.ensure_table("recommendations", schemas.RECOMMENDATIONS)
     output.ensure_table("user_embeddings", schemas.user_embeddings(ctx.catalogue.dim))
     counts = {
@@ -63,7 +77,7 @@ def _manifest(ctx: RunContext, m: StageMetric) -> None:
         "rerank": ctx.rerank,
         "inputs": {
             "items": {"rows": inputs.items.rows_read, "valid": inputs.items.table.num_rows},
-            "interactions": {"rows": inputs.interactions.rows_read, "valid": inputs.interactions.table.num_rows},
+            "interactions": {"rows": log_read, "valid": log_valid},
             **(
                 {"users": {"rows": inputs.users.rows_read, "valid": inputs.users.table.num_rows}}
                 if inputs.users is not None else {}
@@ -74,7 +88,7 @@ def _manifest(ctx: RunContext, m: StageMetric) -> None:
             ),
             **({"feedback": inputs.feedback_manifest()} if inputs.feedback is not None else {}),
         },
-        "rejects": {"total": rejects.num_rows, "by_source": inputs.reject_counts(),
+        "rejects": {"total": rejects.num_rows, "by_source": inputs.reject_counts(log_rejects),
                     "by_reason": reject_counts_by_kind(rejects)},
         "items_truncated": ctx.truncated,
         "users": {
@@ -84,7 +98,7 @@ def _manifest(ctx: RunContext, m: StageMetric) -> None:
         },
         "partitioning": {"recommendations": partitioning(ctx.buckets)},
         **({"refresh": _refresh_record(ctx)} if ctx.refresh else {}),
-        "resumed_stages": sorted(ctx.done - {"inputs"}),
+        "resumed_stages": sorted(ctx.done - {"inputs", "inputs-log"}),
         "outputs": counts,
         "cluster": {"cpus": ctx.resources.cpus, "gpus": ctx.resources.gpus, "nodes": ctx.resources.nodes,
                     "encoder_actors": ctx.enc_plan.describe(), "topk_actors": ctx.topk_plan.describe()},
@@ -104,7 +118,10 @@ def _commit(ctx: RunContext) -> None:
 
 
 def _matcher_manifest(ctx: RunContext, m: StageMetric) -> None:
-    cfg, output, inputs, rejects, embedding = ctx.cfg, ctx.output, ctx.inputs, ctx.rejects, ctx.embedding
+    cfg, output, inputs, embedding = ctx.cfg, ctx.output, ctx.inputs, ctx.embedding
+    rejects = _rejects(ctx)
+    log_read, log_valid = ctx.log_rows
+    log_rejects = ctx.log_checked.rejected if ctx.log_checked is not None else 0
     if rejects.num_rows:
         output.write_table("rejects", rejects)
     output.ensure_table("rejects", schemas.REJECTS)
@@ -117,9 +134,8 @@ def _matcher_manifest(ctx: RunContext, m: StageMetric) -> None:
                             "reused": embedding["reused"]},
         "matcher": ctx.matcher.manifest,
         "inputs": {"items": {"rows": inputs.items.rows_read, "valid": inputs.items.table.num_rows},
-                   "interactions": {"rows": inputs.interactions.rows_read,
-                                    "valid": inputs.interactions.table.num_rows}},
-        "rejects": {"total": rejects.num_rows, "by_source": inputs.reject_counts(),
+                   "interactions": {"rows": log_read, "valid": log_valid}},
+        "rejects": {"total": rejects.num_rows, "by_source": inputs.reject_counts(log_rejects),
                     "by_reason": reject_counts_by_kind(rejects)},
         "outputs": counts,
         "cluster": {"cpus": ctx.resources.cpus, "gpus": ctx.resources.gpus, "nodes": ctx.resources.nodes},

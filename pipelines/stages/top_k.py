@@ -8,10 +8,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import ray
 
-from chatrec.histories import item_popularity
+from chatrec.histories import item_popularity, rank_popularity
 from chatrec.new_item_slots import SLOT_STRATEGY, items_without_interactions
 from chatrec.publish import WORK_DIR
 from chatrec.stage_metrics import StageMetric
+from pipelines.histories import users_per_item
 from pipelines.recommend import popularity_fallback, recommend
 from pipelines.stage_runner import Stage
 from pipelines.stages.context import RunContext
@@ -29,8 +30,12 @@ def _recommend(ctx: RunContext, m: StageMetric) -> None:
     cfg, output, inputs, matcher = ctx.cfg, ctx.output, ctx.inputs, ctx.matcher
     table = _table(ctx)
     retrieval = cfg.retrieval.model_copy(update={"top_k": cfg.rerank.candidates}) if cfg.rerank.enabled else cfg.retrieval
+    if inputs.interactions is not None:
+        popularity = item_popularity(inputs.interactions.table, ctx.texts)
+    else:  # the log was validated on the cluster, and has no exclusions (feedback is merged in the driver)
+        popularity = rank_popularity(users_per_item(output.path(HISTORIES), ctx.catalogue.size), ctx.texts, ctx.users_with_history)
     new_rows = items_without_interactions(
-        ctx.catalogue.item_ids, pc.unique(inputs.interactions.table.column("item_id")).to_pylist()
+        ctx.catalogue.item_ids, popularity.filter(pc.greater(popularity.column("users"), 0)).column("item_id").to_pylist()
     )
     if ctx.users_with_history:
         recommend(
@@ -44,7 +49,7 @@ def _recommend(ctx: RunContext, m: StageMetric) -> None:
         )
     if ctx.users_without_history:
         popularity_fallback(histories_path=output.path(HISTORIES),
-                            popularity=item_popularity(inputs.interactions.table, ctx.texts),
+                            popularity=popularity,
                             top_k=retrieval.top_k, run_id=ctx.run_id, out_path=output.path(table),
                             buckets=ctx.buckets)
     _take(ctx, {"users": ctx.users_with_history + ctx.users_without_history, "new_items": len(new_rows),

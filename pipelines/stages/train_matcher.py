@@ -18,6 +18,7 @@ import polars as pl
 import pyarrow as pa
 import torch
 
+from chatrec import schemas
 from chatrec.encoder import to_fixed_size_list
 from chatrec.errors import ConfigError
 from chatrec.manifest import utc_now
@@ -27,6 +28,7 @@ from chatrec.stage_metrics import StageMetric
 from pipelines.stage_runner import Stage
 from pipelines.stages import fusion
 from pipelines.stages.context import MatcherChoice, RunContext
+from pipelines.stages.validate_log import VALID_LOG
 from pipelines.train_matcher import model_params, saved_matcher, train_matcher
 
 NAME = "train-matcher"
@@ -39,7 +41,11 @@ def choose(ctx: RunContext) -> None:
     cfg = ctx.cfg
     if not cfg.matcher.enabled:
         return
-    ctx.log = log = pl.from_arrow(ctx.inputs.interactions.table)
+    ctx.log = log = pl.from_arrow(
+        ctx.inputs.interactions.table if ctx.inputs.interactions is not None
+        # Validated on the cluster: read back (the matcher's examples are still built here).
+        else ctx.output.dataset(VALID_LOG).to_table().cast(schemas.INTERACTIONS)
+    )
     params = model_params(cfg.matcher, ctx.profiles is not None)
     if NAME in ctx.done:
         ctx.matcher_choice = MatcherChoice(params, record=ctx.output.stage_record(NAME))
