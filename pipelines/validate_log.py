@@ -16,6 +16,7 @@ import posixpath
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -63,6 +64,7 @@ class LogValidation:
     valid: int = 0
     rejects_by_reason: Counter = field(default_factory=Counter)
     sha256: str = ""
+    items_seen: np.ndarray | None = None  # (n_items,) bool: catalogue rows with a valid interaction
 
     @property
     def rejected(self) -> int:
@@ -123,13 +125,14 @@ def validate_log_on_cluster(
         # The first that names a row: a chunk of nulls can fail a type check with no example
         # where the whole file gives the first non-null one.
         raise next((e for e in errors if e.row is not None), errors[0])
-    out = LogValidation()
+    out = LogValidation(items_seen=np.zeros(len(item_ids), bool))
     digest = hashlib.sha256()
     for result in results:  # in chunk order: the digest does not depend on which task ended first
         out.rows_read += result["rows_read"]
         out.valid += result["valid"]
         out.rejects_by_reason.update(result["rejects_by_reason"])
         digest.update(result["sha256"].encode())
+        out.items_seen |= np.unpackbits(result["items_seen"], count=len(item_ids)).astype(bool)
     out.sha256 = digest.hexdigest()
     return out
 
@@ -154,7 +157,9 @@ def _validate_chunk(chunk: LogChunk, index: int, *, table: TableInput, item_ids:
         _write(pa.table({"user_id": everyone.filter(pc.invert(pc.is_in(everyone, value_set=kept)))}), users_path, name)
     if progress is not None:
         progress.add(raw.num_rows)
-    return {"rows_read": raw.num_rows, "valid": valid.num_rows,
+    seen = np.zeros(len(item_ids), bool)  # the catalogue rows this chunk's valid rows name
+    seen[pc.index_in(pc.unique(valid.column("item_id")), value_set=item_ids).to_numpy(zero_copy_only=False)] = True
+    return {"rows_read": raw.num_rows, "valid": valid.num_rows, "items_seen": np.packbits(seen),
             "rejects_by_reason": reject_counts_by_kind(validated.rejects),
             "sha256": hashlib.sha256(pl.from_arrow(valid).hash_rows(seed=0).to_numpy().tobytes()).hexdigest()}
 

@@ -162,6 +162,7 @@ def test_rejects_and_popularity_fallback(ray_cluster, tiny_model_dir, tmp_path, 
     assert [s["name"] for s in m["stages"]].count("validate-log") == bool(on_cluster)
     assert m["inputs"]["interactions"] == {"rows": 5, "valid": 2}
     assert m["rejects"]["by_source"]["interactions"] == 3
+    assert m["new_item_slots"]["new_items"] == 7  # of the 8 items only a1 has a valid interaction
     by_dir = pads.dataset(os.path.join(result.run_dir, "recommendations"), format="parquet", partitioning="hive")
     rows = by_dir.to_table(columns=["user_id", "bucket"]).to_pylist()
     assert len(rows) == m["outputs"]["recommendations"]

@@ -61,6 +61,8 @@ def test_chunks_of_row_groups_and_whole_text_files_match_the_driver(ray_cluster,
     by = [("user_id", "ascending"), ("item_id", "ascending"), ("timestamp", "ascending")]
     assert valid.cast(schemas.INTERACTIONS).sort_by(by).equals(driver.table.sort_by(by))
     assert (result.rows_read, result.valid, result.rejected) == (24, driver.table.num_rows, driver.rejects.num_rows)
+    ids = CATALOGUE.to_pylist()
+    assert {ids[r] for r in result.items_seen.nonzero()[0]} == set(driver.table.column("item_id").to_pylist())
     # The users of rejected rows are there to be covered; one with a valid row elsewhere is harmless.
     assert users is not None and set(users.column("user_id").to_pylist()) <= {"u0", "u1", "u2", "u3"}
 

@@ -4,6 +4,7 @@ to a work table. Resumable."""
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import ray
@@ -30,13 +31,13 @@ def _recommend(ctx: RunContext, m: StageMetric) -> None:
     cfg, output, inputs, matcher = ctx.cfg, ctx.output, ctx.inputs, ctx.matcher
     table = _table(ctx)
     retrieval = cfg.retrieval.model_copy(update={"top_k": cfg.rerank.candidates}) if cfg.rerank.enabled else cfg.retrieval
+    popularity = None
     if inputs.interactions is not None:
         popularity = item_popularity(inputs.interactions.table, ctx.texts)
-    else:  # the log was validated on the cluster, and has no exclusions (feedback is merged in the driver)
-        popularity = rank_popularity(users_per_item(output.path(HISTORIES), ctx.catalogue.size), ctx.texts, ctx.users_with_history)
-    new_rows = items_without_interactions(
-        ctx.catalogue.item_ids, popularity.filter(pc.greater(popularity.column("users"), 0)).column("item_id").to_pylist()
-    )
+        new_rows = items_without_interactions(
+            ctx.catalogue.item_ids, pc.unique(inputs.interactions.table.column("item_id")).to_pylist())
+    else:  # validated on the cluster, which noted the items it saw
+        new_rows = np.flatnonzero(~ctx.log_checked.items_seen).astype(np.int64)
     if ctx.users_with_history:
         recommend(
             user_vectors_path=output.path(USER_VECTORS), index_ref=ctx.index_ref,
@@ -49,12 +50,20 @@ def _recommend(ctx: RunContext, m: StageMetric) -> None:
         )
     if ctx.users_without_history:
         popularity_fallback(histories_path=output.path(HISTORIES),
-                            popularity=popularity,
+                            popularity=popularity if popularity is not None else _popularity_on_cluster(ctx),
                             top_k=retrieval.top_k, run_id=ctx.run_id, out_path=output.path(table),
                             buckets=ctx.buckets)
     _take(ctx, {"users": ctx.users_with_history + ctx.users_without_history, "new_items": len(new_rows),
                 "new_item_slots": retrieval.new_item_slots,
                 "rows_in_new_item_slots": output.count_rows(table, pads.field("strategy") == SLOT_STRATEGY) or 0}, m)
+
+
+def _popularity_on_cluster(ctx: RunContext):
+    """Distinct users per item from the histories' seen items, which are the distinct items of
+    the valid log: a log validated on the cluster has no exclusions (feedback is merged in the
+    driver). Only the popularity fallback needs it."""
+    counts = users_per_item(ctx.output.path(HISTORIES), ctx.catalogue.size)
+    return rank_popularity(counts, ctx.texts, ctx.users_with_history)
 
 
 def _take(ctx: RunContext, record: dict, m: StageMetric) -> None:
