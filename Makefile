@@ -75,7 +75,7 @@ bench-refresh: $(STAMP)
 
 # The whole job at 100k, 300k and 1M users x 50k items with a tiny encoder, the matcher off; then
 # on for one epoch at 20k users (50k and 1,682 items); rewrites BENCHMARKS.md's scale section.
-# About an hour on 2 cores; e.g. BENCH_SCALE_ARGS='--users 100000 300000' for less.
+# About 16 minutes on 2 cores; e.g. BENCH_SCALE_ARGS='--users 100000 300000' for less.
 BENCH_SCALE_ARGS ?= --matcher --matcher-users 20000
 bench-scale: $(STAMP)
 	$(BIN)/python -m bench.scale_out $(BENCH_SCALE_ARGS)

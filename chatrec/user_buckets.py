@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 BUCKET_COLUMN = "bucket"
 HASH = "fnv1a64(utf8(user_id)) mod buckets"
