@@ -312,8 +312,8 @@ def _job(j: dict, machine: str) -> list[str]:
     out += _table(["Stage", "Seconds", "Share"],
                   [[n, f"{v['seconds']:.2f}", f"{j['shares'][n] * 100:.1f}%"] for n, v in j["stages"].items()])
     out += ["", f"Peak RSS: driver {_n(j['peak_memory']['driver_mib'])} MiB, largest worker "
-            f"{_n(j['peak_memory']['worker_max_mib'])} MiB. The MovieLens-100K demo's split is in README "
-            "(\"Timings\").", ""]
+            f"{_n(j['peak_memory']['worker_max_mib'])} MiB. The MovieLens-100K demo's split is in "
+            "docs/testing.md (\"Timings\").", ""]
     return out
 
 

@@ -153,8 +153,8 @@ class HistoryConfig(_Strict):
         description=(
             "With the matcher off: share of the user vector taken from the encoded profile text "
             "(users table attributes); 0 turns profiles off. Off by default: on MovieLens-100K a zero-shot "
-            "text encoder matches demographics to movie texts poorly (see README). With the matcher, "
-            "matcher.profile decides."
+            "text encoder matches demographics to movie texts poorly (see docs/configuration.md). With the "
+            "matcher, matcher.profile decides."
         ),
     )
     # A block of 4096 users with 50-item histories gathers ~200k item vectors (~300 MB at
@@ -288,8 +288,8 @@ class RerankConfig(_Strict):
     """The optional Chat-Rec stage (chatrec.rerank, pipelines/rerank.py): a causal language
     model reorders each user's top-N candidates and explains each pick in one sentence.
 
-    Off by default: it costs LLM tokens for every user it serves (see README, "The rerank
-    stage"). Whatever the model answers, every user keeps exactly top_k valid items.
+    Off by default: it costs LLM tokens for every user it serves (see docs/rerank.md).
+    Whatever the model answers, every user keeps exactly top_k valid items.
     """
 
     enabled: bool = Field(False, description="Run the rerank stage between top-K and publish.")

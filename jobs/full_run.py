@@ -32,7 +32,7 @@ def build_parser(
         epilog="The last line of stdout is a JSON summary; exit codes as for `chatrec` "
         "(2 config, 3 input data, 4 run id already published, 5 model).",
     )
-    parser.add_argument("--config", "-c", required=True, help="YAML config (see README, 'Configuration')")
+    parser.add_argument("--config", "-c", required=True, help="YAML config (see docs/configuration.md)")
     parser.add_argument("--run-id", help=f"run id (default: {default_run_id})")
     parser.add_argument("--output", "-o", help="output root, overriding output.path (a path or URI)")
     parser.add_argument("--keep", type=int, metavar="N",

@@ -1,5 +1,6 @@
 """Inputs and situations that once ended in a traceback, a wrong message or a silent
-mistake, each with the outcome the contract promises (README, "Input contract" and exit codes)."""
+mistake, each with the outcome the contract promises (docs/inputs.md, "Input contract";
+docs/cli.md, "Exit codes")."""
 
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ def test_a_year_of_floats_reads_as_a_whole_year(tmp_path):
 
 
 def test_numbered_titles_are_text(tmp_path):
-    # README: a title of numbers (a catalogue of "1984", "2012") is taken as its text.
+    # docs/inputs.md: a title of numbers (a catalogue of "1984", "2012") is taken as its text.
     items = _items(tmp_path / "items.parquet", title=pa.array([1984, 2012], pa.int64()))
     assert items.column("title").to_pylist() == ["1984", "2012"]
     items = _items(tmp_path / "floats.parquet", title=[1984.0, 2.5])

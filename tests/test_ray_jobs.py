@@ -2,7 +2,7 @@
 run's inputs and outputs on a real S3 API.
 
 Both services listen on 127.0.0.1 only (tests/cluster_fixtures.py). The submit command is
-the README's ("Running on a cluster"), with this machine's head address; the data and the
+the one in docs/cluster.md, with this machine's head address; the data and the
 model are referenced by s3:// URI or absolute path, never uploaded. One submitted run
 serves the Jobs API checks, the object-storage checks and the evaluation read-back: each
 job costs tens of seconds of actor start-up on a 2-core machine.
@@ -39,7 +39,7 @@ def head(tmp_path_factory):
 
 
 def submit(head, submission_id: str, *entrypoint: str, env_vars: dict | None = None) -> subprocess.CompletedProcess:
-    """`ray job submit` from the repository root, as the README shows it."""
+    """`ray job submit` from the repository root, as docs/cluster.md shows it."""
     runtime_env = {"env_vars": {"HF_HUB_OFFLINE": "1", **(env_vars or {})}}
     command = [
         str(BIN / "ray"), "job", "submit", "--address", head.address, "--working-dir", ".",
