@@ -18,6 +18,9 @@ from chatrec.entrypoint import configure_logging, run_command
 from chatrec.errors import ConfigError
 
 DEFAULT_DATA_HOME = Path("~/.cache/chatrec/datasets").expanduser()
+# Data sets converted from local files; without --from, their copy beside the repository.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data2"
+LOCAL_DATASETS = {"amazon-scientific": "amazon_scientific", "microlens-50k": "microlens50k"}
 
 
 def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -85,11 +88,30 @@ def cmd_models_tiny_lm(args: argparse.Namespace) -> int:
 
 
 def cmd_data_fetch(args: argparse.Namespace) -> int:
-    from chatrec.datasets.movielens import fetch_movielens_100k
+    if args.dataset == "movielens-100k":
+        from chatrec.datasets.movielens import fetch_movielens_100k
 
-    dest = Path(args.dest) if args.dest else DEFAULT_DATA_HOME / "ml-100k"
-    path = fetch_movielens_100k(dest, source=Path(args.source) if args.source else None, force=args.force)
+        dest = Path(args.dest) if args.dest else DEFAULT_DATA_HOME / "ml-100k"
+        path = fetch_movielens_100k(dest, source=Path(args.source) if args.source else None, force=args.force)
+        print(path)
+        return 0
+    return _fetch_ordered(args)
+
+
+def _fetch_ordered(args: argparse.Namespace) -> int:
+    """The data sets converted from local files that give per-user order but no times."""
+    from chatrec.datasets.amazon_scientific import fetch_amazon_scientific
+    from chatrec.datasets.microlens import fetch_microlens_50k
+    from chatrec.datasets.ordered_log import read_manifest
+
+    fetch = {"amazon-scientific": fetch_amazon_scientific, "microlens-50k": fetch_microlens_50k}[args.dataset]
+    source = Path(args.source) if args.source else SHARED_DATA / LOCAL_DATASETS[args.dataset]
+    dest = Path(args.dest) if args.dest else DEFAULT_DATA_HOME / args.dataset
+    path = fetch(dest, source=source, force=args.force)
+    counts = read_manifest(path)["counts"]
     print(path)
+    print(f"{counts['users']:,} users, {counts['items']:,} items, {counts['interactions']:,} interactions; "
+          f"the timestamps are synthetic, only each user's order is real (see {path / 'README.md'})")
     return 0
 
 
@@ -221,7 +243,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _job_flags(parser: argparse.ArgumentParser, *, output_help: str) -> None:
     """The flags `refresh` and `train` share: their inputs come from the config."""
-    parser.add_argument("--config", "-c", required=True, help="YAML config file (see README, 'Configuration')")
+    parser.add_argument("--config", "-c", required=True, help="YAML config file (see docs/configuration.md)")
     parser.add_argument("--output", "-o", help=output_help)
     parser.add_argument("--run-id", help="run id (default: UTC timestamp + random suffix)")
     parser.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
@@ -245,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Without RAY_ADDRESS (or --ray-address) a local Ray is started.",
         epilog="example: chatrec run --items items.parquet --interactions log.parquet --output out --top-k 20",
     )
-    run.add_argument("--config", "-c", help="YAML config file (see README, 'Configuration')")
+    run.add_argument("--config", "-c", help="YAML config file (see docs/configuration.md)")
     run.add_argument("--items", help="items table: file, directory, glob or URI (Parquet, CSV, RecBole .item)")
     run.add_argument(
         "--interactions", nargs="+", metavar="LOC",
@@ -260,12 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--feedback", nargs="+", metavar="LOC",
         help="feedback log: user_id, item_id, timestamp, event (impression, click, dismiss); clicks become "
-        "interactions, recent dismissals are left out (see README, 'Feedback')",
+        "interactions, recent dismissals are left out (see docs/feedback.md)",
     )
     run.add_argument(
         "--rerank", action="store_true",
         help="run the LLM rerank stage: a language model reorders each user's top-N candidates and explains "
-        "them (needs --llm-model or rerank.model; see README, 'The rerank stage')",
+        "them (needs --llm-model or rerank.model; see docs/rerank.md)",
     )
     run.add_argument("--llm-model", metavar="MODEL",
                      help="rerank model: a Hugging Face causal LM id, local directory or URI")
@@ -405,12 +427,16 @@ def build_parser() -> argparse.ArgumentParser:
         "ease-recency: EASE scored from a recency-weighted history, weight exp(-age/tau) with age counted "
         "in the user's own interactions (tuned: l2, tau). lowrank-recency: EASE's low-rank relative, its "
         "top `rank` directions of the co-occurrences shrunk by l2, scored from the same recency-weighted "
-        "history; it holds (items x rank) numbers, so it fits any catalogue (tuned: rank, l2, tau). content: chatrec's zero-shot text-encoder "
+        "history; it holds (items x rank) numbers, so it fits any catalogue (tuned: rank, l2, tau). sasrec: SASRec, "
+        "the next-item transformer over item ids, full-softmax cross-entropy, trained on train with early stopping "
+        "on valid, then refit on train + valid for the chosen epochs (tuned: epochs; --param epochs=N skips "
+        "validation; other --param values shape the training it stops). content: chatrec's zero-shot text-encoder "
         "pipeline on the same interactions (needs --config or --items).",
         epilog="example: chatrec baseline ease-recency --train split/train.parquet --valid split/valid.parquet "
         "--output out/baselines/ease-recency",
     )
-    baseline.add_argument("name", choices=["popularity", "itemknn", "ease", "ease-recency", "lowrank-recency", "content"])
+    baseline.add_argument("name", choices=["popularity", "itemknn", "ease", "ease-recency", "lowrank-recency", "sasrec",
+                                          "content"])
     baseline.add_argument("--train", nargs="+", required=True, metavar="LOC", help="training interactions")
     baseline.add_argument(
         "--valid", nargs="+", metavar="LOC",
@@ -455,11 +481,20 @@ def build_parser() -> argparse.ArgumentParser:
         "fetch",
         help="fetch a data set",
         description="Fetch MovieLens-100K as RecBole atomic files: from the recbole==1.2.1 wheel "
-        "(data files only), or converted from a GroupLens directory (u.data, u.item, u.user) with --from.",
+        "(data files only), or converted from a GroupLens directory (u.data, u.item, u.user) with --from. "
+        "Convert Amazon Scientific (the Scientific.* files of CoWPiRec's RecBole layout) or MicroLens-50K "
+        "(MicroLens-50k_pairs.tsv, MicroLens-50k_titles.csv) from a local directory into items.parquet and "
+        "interactions.parquet; their timestamps are synthetic (a user's k-th interaction on day k), only "
+        "each user's order is real.",
+        epilog="examples: chatrec data fetch movielens-100k; "
+        "chatrec data fetch amazon-scientific --from ../shared/data2/amazon_scientific --dest data/amazon-scientific",
     )
-    fetch.add_argument("dataset", choices=["movielens-100k"])
-    fetch.add_argument("--dest", help=f"target directory (default {DEFAULT_DATA_HOME}/ml-100k)")
-    fetch.add_argument("--from", dest="source", help="a local directory with GroupLens or atomic files")
+    fetch.add_argument("dataset", choices=["movielens-100k", *LOCAL_DATASETS])
+    fetch.add_argument("--dest", help=f"target directory (default {DEFAULT_DATA_HOME}/ml-100k, "
+                       f"{DEFAULT_DATA_HOME}/amazon-scientific, ...)")
+    fetch.add_argument("--from", "--source", dest="source",
+                       help="a local directory: GroupLens or atomic files for movielens-100k; the source files for "
+                       f"the others (default for those: {SHARED_DATA}/<amazon_scientific|microlens50k>)")
     fetch.add_argument("--force", action="store_true", help="fetch again even if present")
     fetch.set_defaults(func=cmd_data_fetch)
     synth = data_sub.add_parser(

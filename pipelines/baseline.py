@@ -1,15 +1,16 @@
 """A classic baseline as a job: the same published layout as `chatrec run`.
 
     1. read and validate train (and valid); rejected rows kept for rejects/
-    2. tune on valid (fitted on train only), unless `params` are given or nothing is tunable
+    2. tune on valid (fitted on train only), unless `params` are given or nothing is tunable;
+       an epoch-trained baseline (sasrec) is tuned by early stopping unless `epochs` is given
     3. refit on train + valid with the chosen parameters (the final model sees every known
-       interaction, as a nightly job would) and recommend top-K for every user, excluding
-       everything they interacted with
+       interaction, as a nightly job would; sasrec trains the chosen number of epochs) and
+       recommend top-K for every user, excluding everything they interacted with
     4. write recommendations/, rejects/ and manifest.json, then publish (LATEST last)
 
 `content`, the zero-shot text-encoder baseline, is chatrec's own pipeline
 (pipelines.full_run.run_job) on the same interactions; it is imported only when asked for,
-so the matrix baselines run without Ray or torch.
+so the matrix baselines run without Ray or torch (sasrec imports torch when it is fitted).
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ import pyarrow as pa
 from pydantic import ValidationError
 
 from chatrec import schemas
-from chatrec.baselines.base import Baseline, jsonable_params
+from chatrec.baselines.base import Baseline, EpochTrainedBaseline, jsonable_params
 from chatrec.baselines.interaction_matrix import build_interaction_matrix
 from chatrec.baselines.recommend import popularity_fallback_table, recommendation_tables
 from chatrec.baselines.registry import ContentBaseline, get_baseline
-from chatrec.baselines.tuning import tunable, tune
+from chatrec.baselines.tuning import needs_tuning, tune
 from chatrec.catalogue import display_title
 from chatrec.config import ChatrecConfig, OutputConfig, TableInput
 from chatrec.errors import ConfigError, InputDataError
@@ -88,6 +89,11 @@ def run_baseline(
     if items is None and config is not None:
         items = config.inputs.items
     chosen = baseline.resolve_params(params)  # checks given params before any work
+    if valid is None and isinstance(baseline, EpochTrainedBaseline) and chosen["epochs"] is None:
+        raise ConfigError(
+            f"baseline {name!r} chooses its epoch count on a validation log: pass valid (--valid), "
+            "or fix it with params {'epochs': N} (--param epochs=N)"
+        )
     return _run_matrix(baseline, train=train, valid=valid, output=output, top_k=top_k, run_id=run_id,
                        items=items, params=chosen if params is not None else None)
 
@@ -126,9 +132,10 @@ def _run_matrix(
     # 2. Tune on valid, fitted on train only
     tuning: dict | str = "given" if params is not None else "defaults"
     chosen = params if params is not None else baseline.resolve_params(None)
-    if valid_v is not None and params is None and tunable(baseline):
+    if valid_v is not None and needs_tuning(baseline, params):
         with clock.stage("tune", "grid points") as m:
-            result = tune(baseline, build_interaction_matrix(train_v.table), valid_v.table, top_k=top_k)
+            result = tune(baseline, build_interaction_matrix(train_v.table), valid_v.table, top_k=top_k,
+                          params=chosen if isinstance(baseline, EpochTrainedBaseline) else None)
             chosen, tuning = result.best_params, result.to_manifest()
             m.rows = len(result.scores)
             m.detail = f"best {jsonable_params(chosen)} on {result.users} validation users"

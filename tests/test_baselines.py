@@ -381,7 +381,7 @@ def test_run_baseline_errors(tmp_path):
     train, valid = recency_split()
     train_in, valid_in = write_split(tmp_path, train, valid)
     with pytest.raises(ConfigError, match=r"unknown baseline 'svd'; choose one of \['content', 'ease', "
-                                          r"'ease-recency', 'itemknn', 'lowrank-recency', 'popularity'\]"):
+                                          r"'ease-recency', 'itemknn', 'lowrank-recency', 'popularity', 'sasrec'\]"):
         run_baseline("svd", train=train_in, valid=None, output=str(tmp_path / "out"))
     with pytest.raises(ConfigError, match=r"'ease' has no parameter 'tau'; its parameters: \['l2'\]"):
         run_baseline("ease", train=train_in, valid=None, output=str(tmp_path / "out"), params={"tau": 1})
@@ -394,7 +394,7 @@ def test_run_baseline_errors(tmp_path):
     with pytest.raises(ConfigError, match="needs the items table"):
         run_baseline("content", train=train_in, valid=None, output=str(tmp_path / "out"))
     assert read_latest(str(tmp_path / "out")) is None
-    assert set(BASELINES) == {"popularity", "itemknn", "ease", "ease-recency", "lowrank-recency", "content"}
+    assert set(BASELINES) == {"popularity", "itemknn", "ease", "ease-recency", "lowrank-recency", "sasrec", "content"}
 
 
 def test_recommend_codes_match_the_published_rows():

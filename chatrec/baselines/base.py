@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -84,6 +84,46 @@ class Baseline(ABC):
                 raise ConfigError(f"baseline {self.name!r} has no parameter {key!r}; its parameters: {allowed}")
             resolved[key] = self.params[key].convert(self.name, key, value)
         return resolved
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """How an epoch-trained baseline's epoch count was chosen on validation."""
+
+    best_epoch: int  # epochs trained when validation peaked (1-based): the weights kept
+    best_score: float  # validation NDCG@10 at best_epoch
+    epochs_run: int
+    max_epochs: int
+    patience: int  # epochs without a gain that stop training
+    stopped_early: bool  # patience ran out before max_epochs
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)  # [{"epoch", "loss", "ndcg@10"}] per evaluation
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {
+            "best_epoch": self.best_epoch,
+            "best_ndcg@10": self.best_score,
+            "epochs_run": self.epochs_run,
+            "max_epochs": self.max_epochs,
+            "patience": self.patience,
+            "stopped_early": self.stopped_early,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class EpochTrainedBaseline(Baseline):
+    """A baseline trained by gradient epochs: validation chooses its epoch count, not a grid.
+
+    `params["epochs"]` None means "choose on validation": `fit_early_stopped` trains on the
+    train matrix, calls `score(model)` (validation NDCG@10) as it goes, stops when patience
+    runs out and returns the model with its best weights restored. `fit` trains exactly
+    `params["epochs"]` epochs (the refit on train + valid) and needs that number.
+    """
+
+    @abstractmethod
+    def fit_early_stopped(
+        self, matrix: InteractionMatrix, params: Mapping[str, Any], score: Callable[[FittedBaseline], float]
+    ) -> tuple[FittedBaseline, EarlyStopping]: ...
 
 
 def jsonable_params(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from chatrec.baselines.ease import Ease, EaseRecency
 from chatrec.baselines.itemknn import ItemKNN
 from chatrec.baselines.lowrank import LowRankRecency
 from chatrec.baselines.popularity import Popularity
+from chatrec.baselines.sasrec import SASRec
 from chatrec.errors import ConfigError
 
 
@@ -22,7 +23,8 @@ class ContentBaseline:
 
 
 BASELINES: dict[str, Baseline | ContentBaseline] = {
-    b.name: b for b in (Popularity(), ItemKNN(), Ease(), EaseRecency(), LowRankRecency(), ContentBaseline())
+    b.name: b
+    for b in (Popularity(), ItemKNN(), Ease(), EaseRecency(), LowRankRecency(), SASRec(), ContentBaseline())
 }
 
 

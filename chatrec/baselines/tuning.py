@@ -5,7 +5,9 @@ training items excluded); their positives are their validation items not already
 training items. Items first seen in validation keep a place in the ideal ranking (they
 count as positives nobody can hit), as they would in an evaluation of the final run. Users
 first seen in validation cannot be scored by a model fitted on train and are left out.
-The best grid point wins; ties go to the earlier point.
+The best grid point wins; ties go to the earlier point. An epoch-trained baseline (SASRec)
+has no grid: it trains once on train, scored on valid as it goes, and the epoch count of
+its best score is the parameter tuned (early stopping; ties go to the earlier epoch).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +23,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from chatrec.baselines.base import Baseline, jsonable_params
+from chatrec.baselines.base import Baseline, EpochTrainedBaseline, FittedBaseline, jsonable_params
 from chatrec.baselines.interaction_matrix import InteractionMatrix
 from chatrec.baselines.lowrank import STAGES as LOWRANK_STAGES
 from chatrec.baselines.recommend import recommend_codes
@@ -64,8 +67,17 @@ def grid_points(baseline: Baseline, grid: dict[str, list[Any]] | None = None) ->
 
 
 def tunable(baseline: Baseline) -> bool:
-    """Whether `tune` has a grid to walk for this baseline."""
-    return bool(grid_points(baseline)) or baseline.name in STAGED_GRIDS
+    """Whether `tune` has a grid to walk (or epochs to count) for this baseline."""
+    return bool(grid_points(baseline)) or baseline.name in STAGED_GRIDS or isinstance(baseline, EpochTrainedBaseline)
+
+
+def needs_tuning(baseline: Baseline, given: Mapping[str, Any] | None) -> bool:
+    """Whether the job tunes on valid: a grid baseline unless parameters are given (they
+    replace the whole grid), an epoch-trained one unless `epochs` is among them (its other
+    parameters shape the training that validation stops)."""
+    if isinstance(baseline, EpochTrainedBaseline):
+        return baseline.resolve_params(given)["epochs"] is None
+    return given is None and tunable(baseline)
 
 
 @dataclass(frozen=True)
@@ -74,9 +86,10 @@ class TuningResult:
     scores: list[dict[str, Any]]  # [{"params": ..., "ndcg@10": ...}] in grid order
     users: int  # validation users scored
     cold_users: int  # validation users without a training history: not scored
+    early_stopping: dict[str, Any] | None = None  # an epoch-trained baseline's EarlyStopping.to_manifest()
 
     def to_manifest(self) -> dict[str, Any]:
-        return {
+        out = {
             "metric": METRIC,
             "on": "valid",
             "users": self.users,
@@ -84,6 +97,9 @@ class TuningResult:
             "best": jsonable_params(self.best_params),
             "grid": [{"params": jsonable_params(s["params"]), METRIC: s[METRIC]} for s in self.scores],
         }
+        if self.early_stopping is not None:
+            out["early_stopping"] = self.early_stopping
+        return out
 
 
 @dataclass(frozen=True)
@@ -117,6 +133,17 @@ def validation_targets(train: InteractionMatrix, valid: pa.Table | pl.DataFrame)
     return ValidationTargets(unique_users, positives, cold)
 
 
+def validation_scorer(targets: ValidationTargets, top_k: int = METRIC_K) -> Callable[[FittedBaseline], float]:
+    """model -> its NDCG@10 on the validation targets (top max(10, K) recommended, as published)."""
+    k = max(METRIC_K, top_k)
+
+    def score(model: FittedBaseline) -> float:
+        topk = recommend_codes(model, targets.users, k)  # (n, k)
+        return ndcg_of_topk(topk, targets.positives, k=METRIC_K)
+
+    return score
+
+
 def tune(
     baseline: Baseline,
     train: InteractionMatrix,
@@ -124,9 +151,13 @@ def tune(
     *,
     top_k: int = METRIC_K,
     grid: dict[str, list[Any]] | None = None,
+    params: Mapping[str, Any] | None = None,
 ) -> TuningResult:
     """Fit each grid point on `train`, score NDCG@10 on `valid`, keep the first best. A
-    baseline with STAGED_GRIDS (and no `grid` given) is tuned one stage at a time."""
+    baseline with STAGED_GRIDS (and no `grid` given) is tuned one stage at a time; an
+    epoch-trained one (with `params`, its fixed parameters) by early stopping."""
+    if isinstance(baseline, EpochTrainedBaseline):
+        return _tune_epochs(baseline, train, valid, top_k, baseline.resolve_params(params))
     if grid is None and baseline.name in STAGED_GRIDS:
         return _tune_staged(baseline, train, valid, top_k, STAGED_GRIDS[baseline.name])
     points = grid_points(baseline, grid)
@@ -136,17 +167,31 @@ def tune(
             logger.warning("%s: no validation user has a training history and a new item; using defaults",
                            baseline.name)
         return TuningResult(baseline.resolve_params(None), [], len(targets.users), targets.cold_users)
-    k = max(METRIC_K, top_k)
+    scorer = validation_scorer(targets, top_k)
     scores: list[dict[str, Any]] = []
     best_params, best_score = points[0], -1.0
-    for params, model in baseline.fit_grid(train, points):
-        topk = recommend_codes(model, targets.users, k)  # (n, k)
-        score = ndcg_of_topk(topk, targets.positives, k=METRIC_K)
-        scores.append({"params": params, METRIC: score})
-        logger.info("%s %s: %s = %.4f", baseline.name, jsonable_params(params), METRIC, score)
+    for point, model in baseline.fit_grid(train, points):
+        score = scorer(model)
+        scores.append({"params": point, METRIC: score})
+        logger.info("%s %s: %s = %.4f", baseline.name, jsonable_params(point), METRIC, score)
         if score > best_score:
-            best_params, best_score = params, score
+            best_params, best_score = point, score
     return TuningResult(best_params, scores, len(targets.users), targets.cold_users)
+
+
+def _tune_epochs(baseline: EpochTrainedBaseline, train: InteractionMatrix, valid, top_k: int,
+                 params: dict[str, Any]) -> TuningResult:
+    """Train on `train` with early stopping on `valid`; the epoch count at the best score is
+    the tuned parameter. The grid lists every evaluated epoch."""
+    targets = validation_targets(train, valid)
+    if len(targets.users) == 0:
+        logger.warning("%s: no validation user has a training history and a new item; training max_epochs (%d)",
+                       baseline.name, params["max_epochs"])
+        return TuningResult({**params, "epochs": params["max_epochs"]}, [], 0, targets.cold_users)
+    _, stopping = baseline.fit_early_stopped(train, params, validation_scorer(targets, top_k))
+    scores = [{"params": {"epochs": h["epoch"]}, METRIC: h[METRIC]} for h in stopping.history]
+    return TuningResult({**params, "epochs": stopping.best_epoch}, scores, len(targets.users), targets.cold_users,
+                        early_stopping=stopping.to_manifest())
 
 
 def _tune_staged(baseline: Baseline, train: InteractionMatrix, valid, top_k: int,
