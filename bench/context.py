@@ -70,7 +70,7 @@ class Sizes:
 class Context:
     sizes: Sizes
     work: Path  # scratch space, removed at the end
-    sampler: MemorySampler
+    sampler: MemorySampler | None  # None: only for generating data sets
     seed: int = 0
 
     def config(self, data: Path, **sections) -> ChatrecConfig:

@@ -4,7 +4,9 @@
 end by `pipelines.full_run.run_job` with the product's default configuration except the
 encoder: a tiny BERT (2 layers, hidden 32, random weights) over all-MiniLM-L6-v2's own
 tokenizer, built here from a config, so that encoding does not dominate a laptop run.
-Series: the matcher off, and (`--matcher`) on with one epoch.
+Series: the matcher off, and (`--matcher`) on with one epoch. Each run is a process of its
+own, as a scheduled job is: the driver's peak RSS is then that run's alone, not what an
+earlier, larger run left in the same process. The data sets are generated in this process.
 
 Per run and stage: seconds, rows, the driver's peak RSS and the largest Ray worker's. Then
 the bounds the scale-out issue sets, each as measured: the driver's peak RSS from the
@@ -22,6 +24,7 @@ import logging
 import math
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -88,6 +91,23 @@ def job(ctx: Context, encoder: Path, items: int, users: int, matcher: bool) -> d
         row["bare_search_s"] = bare_search_seconds(result.run_dir, manifest["top_k"])
     shutil.rmtree(cfg.output.path, ignore_errors=True)  # the next size needs the disk more
     return row
+
+
+def job_in_process(work: Path, encoder: Path, items: int, users: int, matcher: bool) -> dict:
+    """`job` in a child process (its data set generated here first); -> its row."""
+    Context(sizes=Sizes(), work=work, sampler=None).dataset(items, users)
+    row_path = work / f"row-{items}x{users}-{int(matcher)}.json"
+    spec = dict(work=str(work), encoder=str(encoder), items=items, users=users, matcher=matcher, row=str(row_path))
+    subprocess.run([sys.executable, "-m", "bench.scale_out", "--one-job", json.dumps(spec)], check=True, cwd=ROOT)
+    return json.loads(row_path.read_text())
+
+
+def one_job(*, work: str, encoder: str, items: int, users: int, matcher: bool, row: str) -> int:
+    ray_started(os.cpu_count())
+    with MemorySampler() as sampler:
+        ctx = Context(sizes=Sizes(), work=Path(work), sampler=sampler)
+        Path(row).write_text(json.dumps(job(ctx, Path(encoder), items, users, matcher)))
+    return 0
 
 
 def bare_search_seconds(run_dir: str, k: int) -> float:
@@ -193,27 +213,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "scale_results.json")
     parser.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--no-markdown", action="store_true", help="leave BENCHMARKS.md as it is")
+    parser.add_argument("--one-job", type=json.loads, help=argparse.SUPPRESS)  # a child process's run
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr)
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    if args.one_job:
+        return one_job(**args.one_job)
     started = time.perf_counter()
     description = machine.describe()
-    ray_started(os.cpu_count())
     work = Path(tempfile.mkdtemp(prefix="chatrec-bench-scale-"))
-    series = []
+    runs = [(args.items, users, False) for users in args.users]
+    if args.matcher:
+        matcher_users = args.matcher_users or args.users
+        runs += [(SMALL_CATALOGUE, matcher_users[0], True)] + [(args.items, u, True) for u in matcher_users]
     try:
-        with MemorySampler() as sampler:
-            ctx = Context(sizes=Sizes(), work=work, sampler=sampler)
-            encoder = tiny_encoder(work / "tiny-bert")
-            for users in args.users:
-                series.append(job(ctx, encoder, args.items, users, matcher=False))
-            if args.matcher:
-                matcher_users = args.matcher_users or args.users
-                series.append(job(ctx, encoder, SMALL_CATALOGUE, matcher_users[0], matcher=True))
-                for users in matcher_users:
-                    series.append(job(ctx, encoder, args.items, users, matcher=True))
+        encoder = tiny_encoder(work / "tiny-bert")
+        series = [job_in_process(work, encoder, items, users, matcher) for items, users, matcher in runs]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results = {"machine": description, "machine_line": machine.one_line(description),

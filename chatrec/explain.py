@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from chatrec.catalogue import ItemCatalogue
+from chatrec.row_lists import RowLists
 
 # An entity shared by more than this share of the catalogue (a country, a language, a
 # broad genre) is too common to explain anything; directors and cast are far below it.
@@ -75,17 +76,14 @@ def reason(catalogue: ItemCatalogue, item: int, because: int) -> str:
 BECAUSE_BLOCK = 256
 
 
-def because_matrix(catalogue: ItemCatalogue, recommended: np.ndarray, recent: list[np.ndarray]) -> np.ndarray:
+def because_matrix(catalogue: ItemCatalogue, recommended: np.ndarray, recent: RowLists | list[np.ndarray]) -> np.ndarray:
     """`because_rows` for a block of users at once: (n, k) recommended rows (-1: none), n
     newest-first recent rows -> (n, k) the closest recent row each, -1 where there is none."""
     n, k = recommended.shape
     out = np.full((n, k), -1, dtype=np.int64)
-    width = max((len(r) for r in recent), default=0)
-    if n == 0 or width == 0:
+    padded = RowLists.of(recent).padded()  # (n, r) newest first, -1 past the history
+    if n == 0 or padded.shape[1] == 0:
         return out
-    padded = np.full((n, width), -1, dtype=np.int64)  # (n, r) newest first, -1 past the history
-    for u, r in enumerate(recent):
-        padded[u, : len(r)] = r
     vectors = catalogue.vectors
     for start in range(0, n, BECAUSE_BLOCK):
         rec = recommended[start : start + BECAUSE_BLOCK]  # (b, k)

@@ -23,6 +23,8 @@ from chatrec.explain import Reasons, because_matrix
 from chatrec.matcher.fusion import FusedVectors, content_profiles, content_scores
 from chatrec.new_item_slots import SLOT_STRATEGY, best_unseen, reserve_new_item_slots
 from chatrec.retrieval import ExactIndex, choose_backend
+from chatrec.row_lists import RowLists
+from chatrec.user_buckets import BUCKET_COLUMN, user_buckets
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ class Recommender:
         fusion: dict | ray.ObjectRef | None = None,
         new_item_slots: int = 0,
         new_rows: np.ndarray | ray.ObjectRef | None = None,
+        buckets: int | None = None,
     ) -> None:
         """`strategy` names the signal of the vectors ("content": text, "two-tower": the
         matcher). `fusion` ({"fusion": Fusion, "collaborative": the partner's fitted model,
@@ -56,7 +59,8 @@ class Recommender:
         row naming the signal that carried it: with EASE, exact dense scoring of every item;
         with the low-rank partner, one exact FAISS search over the fused vectors
         (chatrec.matcher.fusion.FusedVectors). `new_item_slots` of each list are kept for the
-        items at `new_rows` (no interactions yet; chatrec.new_item_slots)."""
+        items at `new_rows` (no interactions yet; chatrec.new_item_slots). With `buckets`,
+        each row also carries its user's bucket (chatrec.user_buckets), hashed once per user."""
         if threads:
             faiss.omp_set_num_threads(threads)
         # Fails with a clear message when a GPU actor's node has faiss-cpu only.
@@ -66,6 +70,7 @@ class Recommender:
         self.top_k = top_k
         self.search_batch_size = search_batch_size
         self.run_id = run_id
+        self.buckets = buckets
         self.strategy = strategy
         self.fusion = _get(fusion)
         self.new_item_slots = new_item_slots
@@ -88,6 +93,7 @@ class Recommender:
         self.new_index = (ExactIndex.build(searched[self.new_rows], backend)
                           if self._slots and (self.fusion is None or self.fused_vectors is not None) else None)
         self._reasons = Reasons(self.catalogue)
+        self._item_ids = pa.array(self.catalogue.item_ids, pa.string())  # (n_items,)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         parts = [
@@ -98,11 +104,11 @@ class Recommender:
 
     def _recommend(self, batch: pa.Table) -> pa.Table:
         queries = fixed_size_list_to_numpy(batch.column("embedding"))  # (n, dim)
-        seen = [np.asarray(s, dtype=np.int64) for s in batch.column("seen_rows").to_pylist()]
-        recent = [np.asarray(r, dtype=np.int64) for r in batch.column("recent_rows").to_pylist()]
-        user_ids = batch.column("user_id").to_pylist()
+        seen = RowLists.from_arrow(batch.column("seen_rows"))
+        recent = RowLists.from_arrow(batch.column("recent_rows"))
+        user_ids = batch.column("user_id")
         if self.fusion is not None:
-            rows, scores, explain = self._fused(queries, seen, user_ids, batch.column("recent_rows"))
+            rows, scores, explain = self._fused(queries, seen, user_ids.to_pylist(), batch.column("recent_rows"))
             placed = None
         else:
             top = self.index.search_excluding(queries, self.top_k, seen)  # (n, k)
@@ -118,26 +124,30 @@ class Recommender:
             because, reasons, strategies = explain(because, reasons, strategies)
         elif placed is not None:
             reasons, strategies = _mark_placed(placed & valid, reasons, strategies)
-        ids = self.catalogue.item_ids
         item_rows, because_rows = rows[valid], because[valid]  # (m,) user by user, in rank order
         m = len(item_rows)
-        return pa.table(
+        # Ids are gathered by Arrow from the catalogue's id array, not as Python strings.
+        ids = self._item_ids
+        user_of_row = np.repeat(np.arange(len(rows)), valid.sum(axis=1))  # (m,)
+        table = pa.table(
             {
-                "user_id": pa.array(np.repeat(np.asarray(user_ids, dtype=object), valid.sum(axis=1)), pa.string()),
+                "user_id": user_ids.take(user_of_row),
                 "rank": pa.array(np.cumsum(valid, axis=1)[valid], pa.int32()),
-                "item_id": pa.array(ids[item_rows], pa.string()),
+                "item_id": ids.take(item_rows),
                 "score": pa.array(scores[valid], pa.float32()),
-                "because_item_id": pa.array(np.where(because_rows >= 0, ids[np.maximum(because_rows, 0)], None),
-                                            pa.string()),
+                "because_item_id": ids.take(pa.array(because_rows, mask=because_rows < 0)),
                 "reason": pa.array(reasons[valid], pa.string()),
                 "strategy": pa.array(strategies[valid], pa.string()),
-                "run_id": pa.array(np.full(m, self.run_id, dtype=object), pa.string()),
+                "run_id": pa.array([self.run_id], pa.string()).take(np.zeros(m, np.int64)),
                 "explanation": pa.nulls(m, pa.string()),  # the rerank stage's, when it runs
             },
             schema=schemas.RECOMMENDATIONS,
         )
+        if self.buckets is None:
+            return table
+        return table.append_column(BUCKET_COLUMN, user_buckets(user_ids, self.buckets).take(user_of_row))
 
-    def _fused(self, queries: np.ndarray, seen: list[np.ndarray], user_ids: list[str], recent_rows):
+    def _fused(self, queries: np.ndarray, seen: RowLists, user_ids: list[str], recent_rows):
         """Exact hybrid top-K (see chatrec.matcher.fusion): items without an id vector get the
         new-item term instead of the collaborative one. -> rows (n, k), scores (n, k) and the
         function that explains user u's rows."""
@@ -171,7 +181,7 @@ class Recommender:
 
         return codes, scores, explained
 
-    def _fused_dense(self, queries: np.ndarray, seen: list[np.ndarray], user_codes: np.ndarray, recent):
+    def _fused_dense(self, queries: np.ndarray, seen: RowLists, user_codes: np.ndarray, recent):
         """Every item scored by both signals (EASE's item x item partner)."""
         fusion, collaborative = self.fusion["fusion"], self.fusion["collaborative"]
         n, n_items = len(queries), self.catalogue.size
@@ -187,19 +197,16 @@ class Recommender:
             content = content_scores(self.fusion["text"], recent)  # (n, n_items)
             text_term, offset = fusion.new_item_terms(content, self.fusion["id_less"])  # (n, n_items), (n_items,)
             fused += text_term + offset[None, :]
-        seen_matrix = sp.csr_matrix(
-            (np.ones(sum(len(s) for s in seen), np.float32), np.concatenate(seen) if seen else [],
-             np.concatenate([[0], np.cumsum([len(s) for s in seen])])),
-            shape=(n, n_items),
-        )
+        seen_matrix = sp.csr_matrix((np.ones(len(seen.values), np.float32), seen.values, seen.offsets),
+                                    shape=(n, n_items))
         top = top_k_excluding(fused, seen_matrix, self.top_k)  # (n, k)
-        best = best_unseen(fused[:, self.new_rows], self.new_rows, seen, self._depth) if self._slots else None
+        best = best_unseen(fused[:, self.new_rows], self.new_rows, seen.to_arrays(), self._depth) if self._slots else None
         codes, scores, placed = self._reserve_slots(top.codes, top.scores, best)
         picked, rows_idx = np.maximum(codes, 0), np.arange(n)[:, None]  # (n, k), (n, 1)
         return (codes, scores, placed, tower_term[rows_idx, picked], cf_term[rows_idx, picked],
                 text_term[rows_idx, picked])
 
-    def _fused_search(self, queries: np.ndarray, seen: list[np.ndarray], user_codes: np.ndarray, recent):
+    def _fused_search(self, queries: np.ndarray, seen: RowLists, user_codes: np.ndarray, recent):
         """One search over the fused vectors (the low-rank partner): only the picked items'
         terms are computed, to explain them."""
         fusion, collaborative = self.fusion["fusion"], self.fusion["collaborative"]
@@ -224,11 +231,11 @@ class Recommender:
         # Up to K of a user's best new items can already be in the list.
         return self.top_k + self.new_item_slots
 
-    def _best_new_from_index(self, queries: np.ndarray, seen: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def _best_new_from_index(self, queries: np.ndarray, seen: RowLists) -> tuple[np.ndarray, np.ndarray]:
         """Each user's best `_depth` unseen new items: rows (n, depth), -1 past the last; scores."""
         position = np.full(self.catalogue.size, -1, np.int64)
         position[self.new_rows] = np.arange(len(self.new_rows))  # catalogue row -> row in new_index
-        seen_new = [position[s[self.is_new[s]]] for s in seen]
+        seen_new = seen.filter(self.is_new[seen.values]).map(position)  # in new_index rows
         top = self.new_index.search_excluding(queries, self._depth, seen_new)  # (n, depth) in new_index rows
         return np.where(top.rows >= 0, self.new_rows[np.maximum(top.rows, 0)], -1), top.scores
 

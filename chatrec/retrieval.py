@@ -15,16 +15,16 @@ import faiss
 import numpy as np
 
 from chatrec.errors import ConfigError
+from chatrec.row_lists import RowLists
 
 logger = logging.getLogger(__name__)
 
 # FAISS GPU indexes select at most this many results per query.
 GPU_MAX_K = 2048
-# search_excluding searches every user at least this far past k (see there). On 1M synthetic
-# users (about 11 interactions each) 64 made the top-K stage 202 s, 32 made it 354 s: the
-# users with 33 to 64 seen items then formed a second, smaller search call per block, and
-# FAISS runs small calls far below its large-call speed.
-MIN_DEPTH = 64
+# search_excluding's first search goes this far past k for every user. Users whose excluded
+# items take more than that many of the places are searched again, as deep as they need; on
+# synthetic 1M-user data (about 11 interactions a user) that is a few percent of them.
+FIRST_DEPTH = 16
 
 
 def gpu_count() -> int:
@@ -89,41 +89,54 @@ class ExactIndex:
         index = self.gpu_index if self.gpu_index is not None and k <= GPU_MAX_K else self.cpu_index
         return index.search(queries, k)
 
-    def search_excluding(self, queries: np.ndarray, k: int, exclude: list[np.ndarray]) -> TopK:
+    def search_excluding(self, queries: np.ndarray, k: int, exclude: RowLists | list[np.ndarray]) -> TopK:
         """Top k per query, skipping each query's own `exclude` rows.
 
-        Users are grouped by how many rows they exclude, rounded up to a power of two but at
-        least MIN_DEPTH, and each group is searched once for k + that many: enough that k
-        unseen items remain whenever the catalogue has them. The floor puts the many users
-        with short histories in one call (one large search runs at twice the speed of four
-        small ones), while a few heavy users do not make everyone search as deep as they must.
-        Exclusion and ordering are vectorised over each group. Ties are broken by row
-        (item_id order), so results are deterministic.
+        Every query is first searched for k + FIRST_DEPTH: a query with at most FIRST_DEPTH
+        excluded rows among those results has its k unseen items. The rest, users whose seen
+        items crowd the top of their list, are searched again for k + their number of
+        excluded rows (rounded up to a power of two, one search per depth): enough that k
+        unseen items remain whenever the catalogue has them. One large first search keeps
+        FAISS at its large-call speed (small calls run several times slower per query), and a
+        few heavy users do not make everyone search deep. Exclusion and ordering are
+        vectorised. Ties are broken by row (item_id order), so results are deterministic.
         """
+        exclude = RowLists.of(exclude)
         n = len(queries)
         rows = np.full((n, k), -1, dtype=np.int64)
         scores = np.full((n, k), -np.inf, dtype=np.float32)
         if n == 0:
             return TopK(rows, scores)
-        n_excluded = np.array([len(e) for e in exclude], dtype=np.int64)  # (n,)
-        depth = np.maximum(MIN_DEPTH, 2 ** np.ceil(np.log2(np.maximum(n_excluded, 1)))).astype(np.int64)  # (n,)
+        everyone = np.arange(n)
+        found = self._search_unseen(queries, k, FIRST_DEPTH, exclude, rows, scores, everyone)  # (n,)
+        n_excluded = exclude.lengths()  # (n,)
+        again = np.flatnonzero((found < k) & (n_excluded > FIRST_DEPTH) & (k + FIRST_DEPTH < self.size))
+        depth = 2 ** np.ceil(np.log2(np.maximum(n_excluded[again], 1))).astype(np.int64)  # (a,)
         for extra in np.unique(depth):
-            members = np.flatnonzero(depth == extra)  # (m,)
-            found_scores, found_rows = self.search(queries[members], k + int(extra))  # (m, k'), (m, k')
-            found_rows = found_rows.astype(np.int64)
-            drop = found_rows < 0  # (m, k') FAISS pads with -1 past the catalogue's end
-            if n_excluded[members].any():
-                # (user, row) pairs as one key each: found pairs that are excluded pairs are dropped.
-                owner = np.repeat(np.arange(len(members)), n_excluded[members])  # (e,)
-                excluded = owner * self.size + np.concatenate([exclude[u] for u in members]).astype(np.int64)
-                found = np.arange(len(members))[:, None] * self.size + np.maximum(found_rows, 0)  # (m, k')
-                drop |= np.isin(found, excluded)
-            found_scores = np.where(drop, -np.inf, found_scores)  # (m, k')
-            order = np.lexsort((np.where(drop, self.size, found_rows), -found_scores), axis=-1)[:, :k]  # (m, k)
-            picked_rows = np.take_along_axis(found_rows, order, axis=1)  # (m, k)
-            picked_scores = np.take_along_axis(found_scores, order, axis=1)  # (m, k)
-            kept = np.isfinite(picked_scores)  # (m, k) False past the unseen items
-            width = picked_rows.shape[1]
-            rows[members, :width] = np.where(kept, picked_rows, -1)
-            scores[members, :width] = np.where(kept, picked_scores, -np.inf)
+            members = again[depth == extra]
+            self._search_unseen(queries[members], k, int(extra), exclude.subset(members), rows, scores, members)
         return TopK(rows, scores)
+
+    def _search_unseen(self, queries: np.ndarray, k: int, extra: int, exclude: RowLists,
+                       rows: np.ndarray, scores: np.ndarray, members: np.ndarray) -> np.ndarray:
+        """Search (m, dim) queries for k + extra, drop each one's excluded rows, write the
+        best k left into rows[members] and scores[members]; -> (m,) how many were left."""
+        m = len(queries)
+        found_scores, found_rows = self.search(queries, k + extra)  # (m, k'), (m, k')
+        found_rows = found_rows.astype(np.int64)
+        drop = found_rows < 0  # (m, k') FAISS pads with -1 past the catalogue's end
+        if len(exclude.values):
+            # (user, row) pairs as one key each: found pairs that are excluded pairs are dropped.
+            excluded = np.sort(exclude.owners() * self.size + exclude.values)  # (e,)
+            keys = np.arange(m)[:, None] * self.size + np.maximum(found_rows, 0)  # (m, k')
+            at = np.minimum(np.searchsorted(excluded, keys), len(excluded) - 1)  # (m, k')
+            drop |= excluded[at] == keys
+        found_scores = np.where(drop, -np.inf, found_scores)  # (m, k')
+        order = np.lexsort((np.where(drop, self.size, found_rows), -found_scores), axis=-1)[:, :k]  # (m, k)
+        picked_rows = np.take_along_axis(found_rows, order, axis=1)  # (m, k)
+        picked_scores = np.take_along_axis(found_scores, order, axis=1)  # (m, k)
+        kept = np.isfinite(picked_scores)  # (m, k) False past the unseen items
+        width = picked_rows.shape[1]
+        rows[members, :width] = np.where(kept, picked_rows, -1)
+        scores[members, :width] = np.where(kept, picked_scores, -np.inf)
+        return kept.sum(axis=1)

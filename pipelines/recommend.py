@@ -49,6 +49,7 @@ def recommend(
             fusion=fusion,
             new_item_slots=retrieval.new_item_slots,
             new_rows=new_rows,
+            buckets=buckets,
         ), progress),
         batch_size=users_per_block,
         batch_format="pyarrow",
@@ -56,7 +57,7 @@ def recommend(
         num_cpus=plan.num_cpus,
         num_gpus=plan.num_gpus,
     )
-    write_by_bucket(ds, out_path, buckets)
+    write_by_bucket(ds, out_path)
 
 
 def popularity_fallback(*, histories_path: str, popularity: pa.Table, top_k: int, run_id: str, out_path: str,
@@ -76,8 +77,11 @@ def _popular(histories: pa.Table, *, popularity: pa.Table | ray.ObjectRef, top_k
     return popularity_rows(users, popularity, top_k=top_k, run_id=run_id)
 
 
-def write_by_bucket(ds: ray.data.Dataset, out_path: str, buckets: int) -> None:
+def write_by_bucket(ds: ray.data.Dataset, out_path: str, buckets: int | None = None) -> None:
     """Recommendation rows -> `out_path/bucket=<b>/*.parquet` (Hive partitions by
-    chatrec.user_buckets), so a serving loader reads one user's rows from one directory."""
-    ds.map_batches(with_buckets, fn_kwargs=dict(buckets=buckets), batch_format="pyarrow", batch_size=None).write_parquet(
-        out_path, partition_cols=[BUCKET_COLUMN])
+    chatrec.user_buckets), so a serving loader reads one user's rows from one directory.
+    With `buckets` the user ids are hashed here; without, the rows already carry the bucket
+    column (the top-K actors hash each user once, not each of its K rows)."""
+    if buckets is not None:
+        ds = ds.map_batches(with_buckets, fn_kwargs=dict(buckets=buckets), batch_format="pyarrow", batch_size=None)
+    ds.write_parquet(out_path, partition_cols=[BUCKET_COLUMN])

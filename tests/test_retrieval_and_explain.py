@@ -5,7 +5,8 @@ import pytest
 from chatrec.catalogue import ItemCatalogue
 from chatrec.errors import ConfigError
 from chatrec.explain import because_rows, reason
-from chatrec.retrieval import ExactIndex, choose_backend
+from chatrec.retrieval import FIRST_DEPTH, ExactIndex, choose_backend
+from chatrec.row_lists import RowLists
 from chatrec.user_vectors import recency_weighted_mean, recency_weights
 
 
@@ -37,6 +38,28 @@ def test_exact_search_with_exclusions_matches_brute_force():
     for u in range(64):
         assert not set(top.rows[u]) & set(exclude[u])
         assert np.all(np.diff(top.scores[u]) <= 0)
+
+
+@pytest.mark.parametrize("crowd", [0, 1, FIRST_DEPTH, FIRST_DEPTH + 1, 2 * FIRST_DEPTH + 3, 300])
+def test_users_whose_seen_items_fill_their_top_are_searched_deeper(crowd):
+    """Seen items that are the user's own best matches (as a history-built vector's are)
+    push the unseen ones below the first search's depth: the answer stays exact."""
+    rng = np.random.default_rng(crowd)
+    items, queries = unit(rng, 400, 8), unit(rng, 32, 8)
+    best_first = np.argsort(-(queries @ items.T), axis=1)  # (32, 400)
+    exclude = [best_first[u, : crowd if u % 2 else crowd // 2] for u in range(32)]  # each user's own top
+    top = ExactIndex.build(items).search_excluding(queries, 10, RowLists.from_arrays(exclude))
+    assert [list(r) for r in top.rows] == oracle(items, queries, 10, exclude)
+
+
+def test_row_lists_read_from_a_sliced_arrow_column_with_nulls():
+    column = pa.array([[1, 2], None, [], [3], [4, 5, 6]], pa.list_(pa.int32())).slice(1, 4)
+    rows = RowLists.from_arrow(pa.chunked_array([column]))
+    assert [list(a) for a in rows.to_arrays()] == [[], [], [3], [4, 5, 6]]
+    assert rows.padded().tolist() == [[-1, -1, -1], [-1, -1, -1], [3, -1, -1], [4, 5, 6]]
+    assert [list(a) for a in rows.subset(np.array([3, 2])).to_arrays()] == [[4, 5, 6], [3]]
+    kept = rows.filter(rows.values % 2 == 0).map(np.arange(10) * 10)
+    assert [list(a) for a in kept.to_arrays()] == [[], [], [], [40, 60]]
 
 
 def test_always_k_when_enough_unseen_items_and_padding_otherwise():
