@@ -216,7 +216,7 @@ def _topk(t: dict, machine: str) -> list[str]:
                   [[k, f"{v * 100:.0f}%" if v >= 0 else f"≈0% ({v * 100:.0f}%: within the runs' noise)"]
                    for k, v in p["shares_of_stage"].items()])
     out += ["", f"The kernel answers K nearest items; the product must leave out what each user has seen, so it "
-            f"searches K + (seen, rounded up to a power of two, at least 64) deep "
+            f"searches K + 16 deep, and deeper (K + seen, rounded up to a power of two) only for users whose seen items fill those places "
             f"(median history {p['seen_median']:.0f}, longest {_n(p['seen_max'])}, power-law activity). Then each "
             "row gets its because-item (one batched product per block of users) and a reason string (worded once per distinct pair of title and shared categories). "
             f"Those are product features, not overhead. The orchestration is the last two rows: a fixed "

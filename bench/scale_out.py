@@ -86,6 +86,7 @@ def job(ctx: Context, encoder: Path, items: int, users: int, matcher: bool) -> d
                                "worker_max_mib": by_stage.get(s["name"], {}).get("worker_max")}
                    for s in manifest["stages"]},
         "fusion": (manifest.get("matcher") or {}).get("fusion"),
+        "new_item_slots": manifest["new_item_slots"],
     }
     if not matcher:
         row["bare_search_s"] = bare_search_seconds(result.run_dir, manifest["top_k"])

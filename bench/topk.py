@@ -23,7 +23,7 @@ from chatrec.catalogue import build_catalogue
 from chatrec.encoder import to_fixed_size_list
 from chatrec.histories import build_histories
 from chatrec.recommender import Recommender
-from chatrec.retrieval import ExactIndex
+from chatrec.retrieval import FIRST_DEPTH, ExactIndex
 from chatrec.runtime import cluster_resources, retrieval_plan
 from chatrec.user_vectors import recency_weighted_mean
 from pipelines.embed_users import USERS_PER_BLOCK
@@ -134,7 +134,9 @@ def _profile(w: Workload, index: ExactIndex, threads: int, summary: dict, tiny_s
                               run_id="bench", threads=threads)
     in_process_s, parts = timed(lambda: [recommender(b) for b in table_blocks(w.table, USERS_PER_BLOCK)])
     n_seen = np.array([len(s) for s in w.seen])
-    depth = k + np.where(n_seen > 0, 2 ** np.ceil(np.log2(np.maximum(n_seen, 1))), 0)
+    # The first search's depth for everyone; users with more seen items than FIRST_DEPTH may
+    # be searched again, K + their seen count rounded up to a power of two (an upper bound).
+    depth = k + np.where(n_seen > FIRST_DEPTH, FIRST_DEPTH + 2 ** np.ceil(np.log2(np.maximum(n_seen, 1))), FIRST_DEPTH)
     stage_s = summary["stage"].median
     kernel_s = summary["faiss"].median
     fixed_s = tiny_s - in_process_s * TINY / w.users  # a tiny input's time, less its work

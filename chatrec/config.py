@@ -257,27 +257,30 @@ class RetrievalConfig(_Strict):
         description="auto: GPU index when the cluster has GPUs and faiss is a GPU build, else CPU. "
         "gpu without either is an error.",
     )
-    # Users per FAISS search call. Users are searched in groups of equal depth (K + seen), so
-    # larger calls keep both FAISS threads busy on the small groups of heavy users. `make bench`
+    # Users per FAISS search call: one search at K + 16 for all of them, then deeper ones for
+    # the few whose seen items crowd their top; larger calls keep both FAISS threads busy. `make bench`
     # (20k items, 10k users, 2 cores), users/s at 256 / 1024 / 4096: 1,176 / 1,424 / 1,734, and
     # 598 / 617 / 633 on a busier machine, 355 / 591 / 1,183 on a loaded AMD EPYC. 4096 is one
-    # top-K block; its (batch, K + seen) result arrays stay a few MB.
+    # top-K block; its (batch, K + 16) result arrays stay a few MB.
     batch_size: int = Field(4096, ge=1)
     num_actors: int | Literal["auto"] = Field("auto", description="auto: one per GPU with a GPU index, else (CPUs - 1) // threads, at least 1.")
-    # Off by default: on MovieLens-100K's time split, where the 31 items without interactions
-    # are ones nobody rated, 2 slots of 20 cost 5.8% Recall@20 (NDCG@10 and Recall@10 do not
-    # move: the slots are the last places); on its cold-items split they raise cold-item
-    # Recall@20 from 0.015 to 0.070, above the zero-shot content baseline's 0.050 (BENCHMARKS.md).
-    new_item_slots: int = Field(
-        0, ge=0,
+    # auto: the share of the log's recent interactions that went to newly seen items decides
+    # (chatrec.new_item_demand). On MovieLens-100K's time split that share is under 1%: no
+    # slots, where 2 slots of 20 would cost 5.8% Recall@20 (the items without interactions there
+    # are ones nobody rated, not new ones).
+    new_item_slots: int | Literal["auto"] = Field(
+        "auto",
         description="At least this many of each user's top_k places go to items without interactions "
         "(the best-scoring ones for that user), at the end of the list: exposure for new items, "
-        "which no interaction-trained ranking lifts. 0: off.",
+        "which no interaction-trained ranking lifts. 0: off. auto: top_k times the share of the "
+        "interactions in the log's latest tenth of time that went to items first seen in it, rounded.",
     )
 
     @model_validator(mode="after")
     def _slots_fit(self) -> "RetrievalConfig":
-        if self.new_item_slots > self.top_k:
+        if self.new_item_slots != "auto" and self.new_item_slots < 0:
+            raise ValueError(f"retrieval.new_item_slots must be 0 or more, or auto (got {self.new_item_slots})")
+        if self.new_item_slots != "auto" and self.new_item_slots > self.top_k:
             raise ValueError(
                 f"retrieval.new_item_slots ({self.new_item_slots}) is larger than retrieval.top_k ({self.top_k})"
             )

@@ -69,10 +69,3 @@ def best_unseen(scores: np.ndarray, new_rows: np.ndarray, seen: list[np.ndarray]
     order = np.lexsort((new_rows[top], -top_scores), axis=1)  # (n, depth) best first, ties by row
     top, top_scores = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_scores, order, axis=1)
     return np.where(np.isfinite(top_scores), new_rows[top], -1), top_scores
-
-
-def items_without_interactions(item_ids, interacted) -> np.ndarray:
-    """The catalogue rows (ascending) of the items in `item_ids` that no id in
-    `interacted` names."""
-    interacted = set(interacted)
-    return np.array([row for row, item in enumerate(item_ids) if item not in interacted], dtype=np.int64)

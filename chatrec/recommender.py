@@ -100,7 +100,10 @@ class Recommender:
             self._recommend(batch.slice(start, self.search_batch_size))
             for start in range(0, batch.num_rows, self.search_batch_size)
         ]
-        return pa.concat_tables(parts) if parts else schemas.RECOMMENDATIONS.empty_table()
+        if parts:
+            return pa.concat_tables(parts)
+        empty = schemas.RECOMMENDATIONS.empty_table()
+        return empty if self.buckets is None else empty.append_column(BUCKET_COLUMN, pa.array([], pa.int32()))
 
     def _recommend(self, batch: pa.Table) -> pa.Table:
         queries = fixed_size_list_to_numpy(batch.column("embedding"))  # (n, dim)

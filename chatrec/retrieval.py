@@ -125,9 +125,10 @@ class ExactIndex:
         found_scores, found_rows = self.search(queries, k + extra)  # (m, k'), (m, k')
         found_rows = found_rows.astype(np.int64)
         drop = found_rows < 0  # (m, k') FAISS pads with -1 past the catalogue's end
-        if len(exclude.values):
-            # (user, row) pairs as one key each: found pairs that are excluded pairs are dropped.
-            excluded = np.sort(exclude.owners() * self.size + exclude.values)  # (e,)
+        # (user, row) pairs as one key each: found pairs that are excluded pairs are dropped.
+        inside = (exclude.values >= 0) & (exclude.values < self.size)  # other values name no row
+        excluded = np.sort((exclude.owners() * self.size + exclude.values)[inside])  # (e,)
+        if len(excluded):
             keys = np.arange(m)[:, None] * self.size + np.maximum(found_rows, 0)  # (m, k')
             at = np.minimum(np.searchsorted(excluded, keys), len(excluded) - 1)  # (m, k')
             drop |= excluded[at] == keys

@@ -1,7 +1,8 @@
 """Ragged per-user item rows (seen items, recent items) as two flat arrays.
 
-The top-K stage receives them as Arrow list columns; reading them as offsets + values is
-zero-copy, where a Python list of one numpy array per user costs a conversion per user.
+The top-K stage receives them as Arrow list columns; reading them as offsets + values costs
+a few vectorised copies per block, where a Python list of one numpy array per user costs a
+conversion per user.
 """
 
 from __future__ import annotations
@@ -75,4 +76,4 @@ class RowLists:
         return out
 
     def to_arrays(self) -> list[np.ndarray]:
-        return np.split(self.values, self.offsets[1:-1])
+        return np.split(self.values, self.offsets[1:-1]) if len(self) else []

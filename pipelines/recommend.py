@@ -30,12 +30,14 @@ def recommend(
     strategy: str = "content",
     fusion: ray.ObjectRef | None = None,
     new_rows: ray.ObjectRef | None = None,
+    new_item_slots: int = 0,
     users_per_block: int = USERS_PER_BLOCK,
     buckets: int = 1,
     progress: ProgressCounter | None = None,
 ) -> None:
-    """Writes `out_path` partitioned by user bucket (`write_by_bucket`). `progress` counts the
-    users each actor finishes (chatrec.progress)."""
+    """Writes `out_path` partitioned by user bucket (`write_by_bucket`). `new_item_slots` of
+    each list go to the items at `new_rows` (the top-k stage decides how many; retrieval's own
+    setting may be "auto"). `progress` counts the users each actor finishes (chatrec.progress)."""
     ds = ray.data.read_parquet(user_vectors_path).map_batches(
         **counted(Recommender, dict(
             index=index_ref,
@@ -47,7 +49,7 @@ def recommend(
             threads=plan.threads,
             strategy=strategy,
             fusion=fusion,
-            new_item_slots=retrieval.new_item_slots,
+            new_item_slots=new_item_slots,
             new_rows=new_rows,
             buckets=buckets,
         ), progress),

@@ -26,6 +26,7 @@ import ray
 
 from chatrec.config import TableInput
 from chatrec.errors import InputDataError
+from chatrec.new_item_demand import LogTimes
 from chatrec.progress import ProgressCounter
 from chatrec.readers import header_columns, read_chunk
 from chatrec.sources import detect_format, filesystem_for, resolve_files
@@ -64,7 +65,7 @@ class LogValidation:
     valid: int = 0
     rejects_by_reason: Counter = field(default_factory=Counter)
     sha256: str = ""
-    items_seen: np.ndarray | None = None  # (n_items,) bool: catalogue rows with a valid interaction
+    times: LogTimes | None = None  # the valid rows' per-item and per-day sums (items seen, new-item demand)
 
     @property
     def rejected(self) -> int:
@@ -119,20 +120,30 @@ def validate_log_on_cluster(
     refs = [_validate_chunk.remote(chunk, i, table=table, item_ids=ids, valid_path=valid_path,
                                    rejects_path=rejects_path, users_path=users_path, progress=progress)
             for i, chunk in enumerate(plan.chunks)]
-    results = ray.get(refs)
+    # Each chunk's per-item sums are added as it finishes: catalogue-sized, they are not
+    # all held at once.
+    results: list[dict | InputDataError | None] = [None] * len(refs)
+    times = LogTimes.of(np.zeros(0, np.int64), np.zeros(0, np.int64), len(item_ids))
+    position = {ref: i for i, ref in enumerate(refs)}
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        result = ray.get(done[0])
+        if not isinstance(result, InputDataError):
+            times.add(result.pop("times"))
+        results[position[done[0]]] = result
     errors = [r for r in results if isinstance(r, InputDataError)]
     if errors:
         # The first that names a row: a chunk of nulls can fail a type check with no example
         # where the whole file gives the first non-null one.
         raise next((e for e in errors if e.row is not None), errors[0])
-    out = LogValidation(items_seen=np.zeros(len(item_ids), bool))
+    out = LogValidation(times=times)
     digest = hashlib.sha256()
     for result in results:  # in chunk order: the digest does not depend on which task ended first
         out.rows_read += result["rows_read"]
         out.valid += result["valid"]
         out.rejects_by_reason.update(result["rejects_by_reason"])
         digest.update(result["sha256"].encode())
-        out.items_seen |= np.unpackbits(result["items_seen"], count=len(item_ids)).astype(bool)
     out.sha256 = digest.hexdigest()
     return out
 
@@ -157,9 +168,9 @@ def _validate_chunk(chunk: LogChunk, index: int, *, table: TableInput, item_ids:
         _write(pa.table({"user_id": everyone.filter(pc.invert(pc.is_in(everyone, value_set=kept)))}), users_path, name)
     if progress is not None:
         progress.add(raw.num_rows)
-    seen = np.zeros(len(item_ids), bool)  # the catalogue rows this chunk's valid rows name
-    seen[pc.index_in(pc.unique(valid.column("item_id")), value_set=item_ids).to_numpy(zero_copy_only=False)] = True
-    return {"rows_read": raw.num_rows, "valid": valid.num_rows, "items_seen": np.packbits(seen),
+    rows = pc.index_in(valid.column("item_id"), value_set=item_ids).to_numpy(zero_copy_only=False)  # catalogue rows
+    times = LogTimes.of(valid.column("timestamp").to_numpy(), rows, len(item_ids))
+    return {"rows_read": raw.num_rows, "valid": valid.num_rows, "times": times,
             "rejects_by_reason": reject_counts_by_kind(validated.rejects),
             "sha256": hashlib.sha256(pl.from_arrow(valid).hash_rows(seed=0).to_numpy().tobytes()).hexdigest()}
 

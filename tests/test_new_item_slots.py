@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from chatrec.config import RetrievalConfig
-from chatrec.new_item_slots import best_unseen, items_without_interactions, reserve_new_item_slots
+from chatrec.new_item_slots import best_unseen, reserve_new_item_slots
 
 NEG = -np.inf
 
@@ -80,10 +80,6 @@ def test_random_lists_keep_the_best_known_items_and_hold_enough_new_ones(seed):
         known_ranked = [r for r in rows[u].tolist() if r not in new]
         assert known_kept == known_ranked[: len(known_kept)]  # the best known items stay, in order
         assert placed[u].sum() == max(0, min(slots, available) - np.isin(rows[u], new).sum())
-
-
-def test_items_without_interactions_are_the_catalogue_rows_no_interaction_names():
-    assert items_without_interactions(["a", "b", "c", "d"], ["b", "d", "x"]).tolist() == [0, 2]
 
 
 def test_more_slots_than_places_is_refused_naming_both_keys():

@@ -163,6 +163,10 @@ def test_rejects_and_popularity_fallback(ray_cluster, tiny_model_dir, tmp_path, 
     assert m["inputs"]["interactions"] == {"rows": 5, "valid": 2}
     assert m["rejects"]["by_source"]["interactions"] == 3
     assert m["new_item_slots"]["new_items"] == 7  # of the 8 items only a1 has a valid interaction
+    # Every valid interaction in one second: no time to estimate new-item demand from.
+    assert m["new_item_slots"]["demand"] == {"window_start": None, "window_interactions": 0, "to_new_items": 0,
+                                             "new_items": 0, "share": 0.0, "window": 0.1}
+    assert m["new_item_slots"]["slots"] == 0 and "single day" in m["new_item_slots"]["why"]
     by_dir = pads.dataset(os.path.join(result.run_dir, "recommendations"), format="parquet", partitioning="hive")
     rows = by_dir.to_table(columns=["user_id", "bucket"]).to_pylist()
     assert len(rows) == m["outputs"]["recommendations"]
@@ -244,7 +248,8 @@ def test_the_matcher_trains_and_scores_inside_the_job(ray_cluster, tiny_model_di
     assert all([r["item_id"] for r in v].count("f1") == 1 for v in new_recs.values())
     slotted = [r for v in new_recs.values() for r in v if r["strategy"] == "new-item"]
     assert all(r["item_id"] == "f1" and r["rank"] == 3 for r in slotted)
-    assert m["new_item_slots"] == {"slots": 1, "new_items": 1, "rows": len(slotted)}
+    assert m["new_item_slots"] == {"slots": 1, "new_items": 1, "rows": len(slotted), "why": "set in the configuration",
+                                   "demand": None}
     assert m["matcher"]["trained_in_run"] == "m1" and m["refresh"]["items"]["embedded"] == 2
     remapped = torch.load(os.path.join(refreshed.run_dir, "matcher", "model.pt"), weights_only=True)
     assert remapped["item_ids.weight"].shape == (9, 16)

@@ -52,6 +52,15 @@ def test_users_whose_seen_items_fill_their_top_are_searched_deeper(crowd):
     assert [list(r) for r in top.rows] == oracle(items, queries, 10, exclude)
 
 
+def test_duplicate_and_out_of_catalogue_exclusions_exclude_only_their_own_rows():
+    rng = np.random.default_rng(5)
+    items, queries = unit(rng, 40, 4), unit(rng, 3, 4)
+    exclude = [np.array([3, 3, 3, 40, 41, -1]), np.array([40 - 1 + 40]), np.array([], np.int64)]
+    top = ExactIndex.build(items).search_excluding(queries, 5, exclude)
+    assert [list(r) for r in top.rows] == oracle(items, queries, 5, [{3}, set(), set()])
+    assert RowLists.from_arrays([]).to_arrays() == []
+
+
 def test_row_lists_read_from_a_sliced_arrow_column_with_nulls():
     column = pa.array([[1, 2], None, [], [3], [4, 5, 6]], pa.list_(pa.int32())).slice(1, 4)
     rows = RowLists.from_arrow(pa.chunked_array([column]))

@@ -4,7 +4,9 @@ errors naming the same file, column and row."""
 
 import os
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from chatrec import schemas
 from chatrec.config import TableInput
 from chatrec.errors import InputDataError
+from chatrec.new_item_demand import LogTimes
 from chatrec.readers import read_table
 from chatrec.validation import validate_interactions
 from pipelines.validate_log import plan_log, validate_log_on_cluster
@@ -62,7 +65,12 @@ def test_chunks_of_row_groups_and_whole_text_files_match_the_driver(ray_cluster,
     assert valid.cast(schemas.INTERACTIONS).sort_by(by).equals(driver.table.sort_by(by))
     assert (result.rows_read, result.valid, result.rejected) == (24, driver.table.num_rows, driver.rejects.num_rows)
     ids = CATALOGUE.to_pylist()
-    assert {ids[r] for r in result.items_seen.nonzero()[0]} == set(driver.table.column("item_id").to_pylist())
+    assert {ids[r] for r in result.times.items_seen.nonzero()[0]} == set(driver.table.column("item_id").to_pylist())
+    # The chunks' per-item and per-day sums (new-item demand) add up to the whole valid log's.
+    rows = pc.index_in(driver.table.column("item_id"), value_set=CATALOGUE).to_numpy(zero_copy_only=False)
+    whole = LogTimes.of(driver.table.column("timestamp").to_numpy(), rows, len(CATALOGUE))
+    assert np.array_equal(result.times.first_seen, whole.first_seen)
+    assert np.array_equal(result.times.interactions, whole.interactions) and result.times.per_day == whole.per_day
     # The users of rejected rows are there to be covered; one with a valid row elsewhere is harmless.
     assert users is not None and set(users.column("user_id").to_pylist()) <= {"u0", "u1", "u2", "u3"}
 

@@ -73,7 +73,9 @@ def _manifest(ctx: RunContext, m: StageMetric) -> None:
         # Absent from the stage records of runs cut short before new-item slots existed.
         "new_item_slots": {"slots": topk_record.get("new_item_slots", 0),
                            "new_items": topk_record.get("new_items"),
-                           "rows": topk_record.get("rows_in_new_item_slots", 0)},
+                           "rows": topk_record.get("rows_in_new_item_slots", 0),
+                           "why": topk_record.get("new_item_slots_why"),
+                           "demand": topk_record.get("new_item_demand")},
         "rerank": ctx.rerank,
         "inputs": {
             "items": {"rows": inputs.items.rows_read, "valid": inputs.items.table.num_rows},
