@@ -198,7 +198,7 @@ def test_hf_generation_is_greedy_and_deterministic(world):
     assert os.path.isfile(os.path.join(world["model"], "chat_template.jinja"))
 
 
-@pytest.mark.slow  # about 65 s on 2 cores: the GGUF read twice on the driver, dequantised on the actor
+@pytest.mark.slow  # about 60 s on 2 cores: the GGUF read twice on the driver, dequantised on the actor
 @NEEDS_SMOLLM2
 def test_the_packaged_smollm2_answers_through_the_stage(ray_cluster, world):
     """A real model: loaded from the packaged GGUF, prompted through its own chat template,
