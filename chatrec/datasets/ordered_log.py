@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import secrets
 import shutil
 from collections.abc import Callable, Iterable
@@ -43,6 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from chatrec.errors import InputDataError, PublishError
+from chatrec.evaluation.splits import move_into_place
 from chatrec.manifest import utc_now
 
 logger = logging.getLogger(__name__)
@@ -208,28 +208,12 @@ def publish(log: OrderedLog, dest: Path) -> dict[str, Any]:
         pq.write_table(interactions, staging / "interactions.parquet")
         (staging / "README.md").write_text(_readme(log, manifest))
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        _move_into_place(staging, dest)
+        move_into_place(staging, dest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     logger.info("%s written to %s", log.dataset, dest)
     return manifest
-
-
-def _move_into_place(staging: Path, dest: Path) -> None:
-    if not dest.exists():
-        os.rename(staging, dest)
-        return
-    # os.rename cannot replace a non-empty directory: move the old one aside, and put it
-    # back if the new one cannot take its place.
-    old = dest.parent / f".{dest.name}.{secrets.token_hex(4)}.old"
-    os.rename(dest, old)
-    try:
-        os.rename(staging, dest)
-    except OSError:
-        os.rename(old, dest)
-        raise
-    shutil.rmtree(old)
 
 
 def _sha256(path: Path) -> str:

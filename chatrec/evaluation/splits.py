@@ -431,14 +431,15 @@ def write_split(
             cold = pa.table({"item_id": pa.array(split.cold_items, pa.string())})
             pq.write_table(cold, staging / "cold_items.parquet")
         (staging / "split.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        _move_into_place(staging, out)
+        move_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
 
 
-def _move_into_place(staging: Path, out: Path) -> None:
+def move_into_place(staging: Path, out: Path) -> None:
+    """A staged directory renamed to `out`, replacing what is there only once it has taken its place."""
     if not out.exists():
         os.rename(staging, out)
         return
