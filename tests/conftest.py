@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -69,6 +71,41 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     )
     BertModel(config).save_pretrained(path)
     return path
+
+
+@dataclass(frozen=True)
+class CleanReference:
+    """A clean run of the fault tests' job, made once for the session."""
+
+    job: dict  # the job's config: inputs, matcher off, 50 users per block, the session's Ray
+    run_dir: str  # the clean run, in an output root of its own: no embedding cache shared
+    manifest: dict
+
+    def write_job(self, path: Path, out: Path, **sections) -> Path:
+        """The same job with its output at `out` (and `sections` replaced), written to `path`."""
+        path.write_text(json.dumps({**self.job, "output": {"path": str(out)}, **sections}))
+        return path
+
+
+@pytest.fixture(scope="session")
+def clean_reference(ray_cluster, tiny_model_dir, tmp_path_factory) -> CleanReference:
+    """One clean in-process run that the crash, worker-kill and output-fault tests compare
+    their runs with: they run the same job (its inputs, its config) into outputs of their own.
+    The matcher is off: its training is equal across processes only up to float rounding
+    (1e-6 in the scores), so its outputs could not be compared byte for byte."""
+    from chatrec.config import load_config
+    from pipelines.full_run import run_job
+    from tests.test_refresh import catalogue, config, interaction_log, write_inputs
+
+    root = tmp_path_factory.mktemp("clean-reference")
+    items = catalogue(2)
+    write_inputs(root / "data", items, interaction_log(items, 2))
+    job = config(root / "data", root / "out", tiny_model_dir, history={"users_per_block": 50},
+                 ray={"address": ray_cluster.get_runtime_context().gcs_address})
+    path = root / "job.yaml"
+    path.write_text(json.dumps(job))
+    clean = run_job(load_config(path, {"output": {"run_id": "clean"}}))
+    return CleanReference(job=job, run_dir=clean.run_dir, manifest=clean.manifest)
 
 
 def write_parquet(path: Path, rows: list[dict] | dict, schema: pa.Schema | None = None) -> Path:

@@ -5,7 +5,8 @@ attempt that is left alone publishes exactly the clean run's output; LATEST neve
 partial run on the way.
 
 The crashes are injected by the stage runner (chatrec.faults, CHATREC_FAULT_INJECTION).
-The jobs join the test session's Ray, so an attempt costs its process start, not a Ray start."""
+The jobs join the test session's Ray, so an attempt costs its process start, not a Ray start.
+The clean run they are compared with is the session's (conftest's clean_reference)."""
 
 from __future__ import annotations
 
@@ -19,11 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from chatrec.config import load_config
-from chatrec.publish import read_latest
-from pipelines.full_run import run_job
 from chatrec.faults import FAULT_INJECTION_ENV
-from tests.test_refresh import catalogue, config, interaction_log, table, write_inputs
+from chatrec.publish import read_latest
+from tests.test_refresh import table
 
 REPO = Path(__file__).resolve().parent.parent
 # A stage shorter than this in the clean run is only crashed before, not inside.
@@ -38,35 +37,21 @@ def _stable(manifest: dict) -> dict:
     return stable
 
 
-def _job(ray_cluster, model: Path, tmp_path: Path, *, seed: int) -> tuple[dict, Path]:
-    """Inputs, and a job config (matcher off) joining the session's Ray, written to job.yaml."""
-    items = catalogue(seed)
-    write_inputs(tmp_path / "data", items, interaction_log(items, seed))
-    cfg = config(tmp_path / "data", tmp_path / "out", model, history={"users_per_block": 50},
-                 ray={"address": ray_cluster.get_runtime_context().gcs_address})
-    path = tmp_path / "job.yaml"
-    path.write_text(json.dumps(cfg))
-    return cfg, path
-
-
 @pytest.mark.slow
 def test_a_run_crashed_before_and_inside_every_stage_resumes_to_the_clean_runs_output(
-        ray_cluster, tiny_model_dir, tmp_path):
-    # The matcher off: its training is equal across processes only up to float rounding
-    # (1e-6 in the scores), so its outputs could not be compared byte for byte.
-    cfg, path = _job(ray_cluster, tiny_model_dir, tmp_path, seed=2)
-    # The clean run in an output of its own: no embedding cache shared with the crashed one.
-    clean = run_job(load_config(path, {"output": {"run_id": "clean", "path": str(tmp_path / "clean-out")}}))
-    stages = [(s["name"], s["seconds"]) for s in clean.manifest["stages"]]
+        clean_reference, tmp_path):
+    # The matcher off (see clean_reference): its outputs could not be compared byte for byte.
+    # The clean run is in an output of its own: no embedding cache shared with the crashed one.
+    out = tmp_path / "out"
+    path = clean_reference.write_job(tmp_path / "job.yaml", out)
+    stages = [(s["name"], s["seconds"]) for s in clean_reference.manifest["stages"]]
     faults = [f"before:{name}" for name, _ in stages]
     faults += [f"during:{name}:{seconds / 2:.2f}" for name, seconds in stages if seconds >= CATCHABLE_SECONDS]
     faults.sort(key=lambda f: [n for n, _ in stages].index(f.split(":")[1]))  # in stage order, before first
 
     # One attempt starts a local Ray of its own (the config's `ray` is not part of what a
     # resume must match): killed with the job, none of its processes may outlive it.
-    own_ray = tmp_path / "own-ray.yaml"
-    own_ray.write_text(json.dumps({**cfg, "ray": {"num_cpus": 2}}))
-    out = tmp_path / "out"
+    own_ray = clean_reference.write_job(tmp_path / "own-ray.yaml", out, ray={"num_cpus": 2})
     for fault in faults:
         alone = fault.startswith("during:top-k")
         job = [sys.executable, "-m", "jobs.full_run", "--config", str(own_ray if alone else path), "--run-id", "crashed"]
@@ -90,7 +75,7 @@ def test_a_run_crashed_before_and_inside_every_stage_resumes_to_the_clean_runs_o
     assert last.returncode == 0, last.stderr[-3000:]
     assert read_latest(str(out)).endswith("runs/crashed")
     assert not (out / ".staging" / "crashed").exists()
-    runs = {"clean": str(tmp_path / "clean-out" / "runs" / "clean"), "crashed": str(out / "runs" / "crashed")}
+    runs = {"clean": clean_reference.run_dir, "crashed": str(out / "runs" / "crashed")}
     for name, key in (("recommendations", ["user_id", "rank"]), ("item_embeddings", ["item_id"]),
                       ("user_embeddings", ["user_id"]), ("rejects", ["source", "row"])):
         assert table(runs["crashed"], name, key).equals(table(runs["clean"], name, key)), name
@@ -104,10 +89,9 @@ ACTOR_STAGES = ("embed-items", "embed-users", "top-k")
 
 @pytest.mark.slow
 def test_a_worker_killed_inside_each_actor_stage_is_replaced_counted_and_changes_nothing(
-        ray_cluster, tiny_model_dir, tmp_path):
+        clean_reference, tmp_path):
     # The job joins the session's Ray: the fault reaches the job's workers in its runtime environment.
-    _, path = _job(ray_cluster, tiny_model_dir, tmp_path, seed=5)
-    run_job(load_config(path, {"output": {"run_id": "clean", "path": str(tmp_path / "clean-out")}}))
+    path = clean_reference.write_job(tmp_path / "job.yaml", tmp_path / "out")
     markers = tmp_path / "markers"
     markers.mkdir()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled",
@@ -119,7 +103,7 @@ def test_a_worker_killed_inside_each_actor_stage_is_replaced_counted_and_changes
     manifest = json.loads((tmp_path / "out" / "runs" / "faulty" / "manifest.json").read_text())
     restarts = {s["name"]: s.get("worker_restarts", 0) for s in manifest["stages"]}
     assert {name: restarts[name] for name in ACTOR_STAGES} == dict.fromkeys(ACTOR_STAGES, 1)
-    clean, faulty = str(tmp_path / "clean-out" / "runs" / "clean"), str(tmp_path / "out" / "runs" / "faulty")
+    clean, faulty = clean_reference.run_dir, str(tmp_path / "out" / "runs" / "faulty")
     for name, key in (("recommendations", ["user_id", "rank"]), ("item_embeddings", ["item_id"]),
                       ("user_embeddings", ["user_id"])):
         assert table(faulty, name, key).equals(table(clean, name, key)), name

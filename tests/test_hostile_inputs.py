@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -189,16 +188,19 @@ def test_ctrl_c_during_training_exits_130_saying_interrupted(ray_cluster, tiny_m
     proc = subprocess.Popen([sys.executable, "-m", "chatrec.cli", "run", "--config", str(path)], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seen: list[str] = []
-    for line in proc.stderr:  # until the first epoch is under way
+    # Ray Train's controller logs this once trainer.fit() has started the training workers: the
+    # job is inside train-matcher, training under way, with 500 epochs to go when the SIGINT lands.
+    for line in proc.stderr:
         seen.append(line)
         if "Started training worker group" in line:
             break
-    time.sleep(3)
     proc.send_signal(signal.SIGINT)
     _, rest = proc.communicate(timeout=120)
     assert proc.returncode == 130, "".join(seen)[-2000:] + rest[-2000:]
     assert "chatrec: interrupted; nothing was published" in rest
     assert not (tmp_path / "out" / "LATEST").exists()
+    log = "".join(seen) + rest  # the SIGINT landed inside train-matcher
+    assert "[train-matcher] started" in log and "[train-matcher] done" not in log
 
 
 def test_a_cluster_address_nothing_answers_at_is_refused_at_once():

@@ -6,7 +6,6 @@ allowed)."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,10 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from chatrec.config import load_config
 from chatrec.publish import read_latest
-from pipelines.full_run import run_job
-from tests.test_refresh import catalogue, config, interaction_log, table, write_inputs
+from tests.test_refresh import table
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -61,15 +58,10 @@ def _attempt(job: list[str], env: dict, stage: str, fault) -> subprocess.Complet
 
 @pytest.mark.slow
 def test_a_full_or_read_only_output_stops_the_run_clearly_and_the_run_resumes(
-        ray_cluster, tiny_model_dir, tmp_path, small_filesystem):
-    items = catalogue(4)
-    write_inputs(tmp_path / "data", items, interaction_log(items, 4))
+        clean_reference, tmp_path, small_filesystem):
+    # The session's clean run's job (conftest's clean_reference), its output on the tmpfs.
     out = small_filesystem / "out"
-    cfg = config(tmp_path / "data", out, tiny_model_dir, history={"users_per_block": 50},
-                 ray={"address": ray_cluster.get_runtime_context().gcs_address})
-    path = tmp_path / "job.yaml"
-    path.write_text(json.dumps(cfg))
-    run_job(load_config(path, {"output": {"run_id": "clean", "path": str(tmp_path / "clean-out")}}))
+    path = clean_reference.write_job(tmp_path / "job.yaml", out)
     job = [sys.executable, "-m", "chatrec.cli", "run", "--config", str(path), "--run-id", "night"]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
 
@@ -94,6 +86,6 @@ def test_a_full_or_read_only_output_stops_the_run_clearly_and_the_run_resumes(
     last = subprocess.run(job, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert last.returncode == 0, last.stderr[-3000:]
     assert read_latest(str(out)).endswith("runs/night")
-    clean, night = str(tmp_path / "clean-out" / "runs" / "clean"), str(out / "runs" / "night")
+    clean, night = clean_reference.run_dir, str(out / "runs" / "night")
     for name, key in (("recommendations", ["user_id", "rank"]), ("user_embeddings", ["user_id"])):
         assert table(night, name, key).equals(table(clean, name, key)), name
