@@ -56,7 +56,10 @@ def _recommend(ctx: RunContext, m: StageMetric) -> None:
     _take(ctx, {"users": ctx.users_with_history + ctx.users_without_history, "new_items": len(new_rows),
                 "new_item_slots": slots, "new_item_slots_why": why,
                 "new_item_demand": demand.to_dict() if demand is not None else None,
-                "rows_in_new_item_slots": output.count_rows(table, pads.field("strategy") == SLOT_STRATEGY) or 0}, m)
+                # Counted by a scan of the written table's strategy column (a few seconds at
+                # 20M rows): only when slots were kept.
+                "rows_in_new_item_slots": (output.count_rows(table, pads.field("strategy") == SLOT_STRATEGY) or 0)
+                                          if slots else 0}, m)
 
 
 def _log_times(ctx: RunContext) -> LogTimes:
