@@ -327,6 +327,13 @@ class RerankConfig(_Strict):
         "auto", description="Most tokens generated per user. auto: 32 * retrieval.top_k + 64."
     )
     history_items: int = Field(10, ge=0, description="Most recent history items shown in the prompt.")
+    explain_items: int = Field(
+        3, ge=0,
+        description="For each prompted user, the top items of the final list that the rerank answer left without "
+        "an explanation each get one sentence from a prompt of their own (template explain-v1: the item's and its "
+        "because-item's facts). Every explanation is checked against the catalogue's facts and replaced by the "
+        "template reason when it names anything else. 0: explanations only from the rerank answer.",
+    )
     # 160 characters keep a title, year, categories and the start of a description: enough to
     # tell items apart, at about 50 tokens per candidate.
     item_chars: int = Field(

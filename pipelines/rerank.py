@@ -7,7 +7,9 @@ before publish:
     2. render each picked user's prompt (profile, recent history, numbered candidates with
        their item text), tokenize it, admit users while the token budget lasts
     3. generate: Ray Data engine actors (transformers on CPU/GPU, or vLLM via ray.data.llm)
-    4. parse every answer strictly; anything unusable falls back to the top-K order
+    4. parse every answer strictly; anything unusable falls back to the top-K order; check
+       every explanation against the item's facts (chatrec.rerank.grounding): one that names
+       anything else is replaced by the row's template reason
     5. write recommendations (top K per user, with `explanation`) and rerank_status
 
 Every user with candidates gets exactly min(K, N) valid, distinct candidates and one status
@@ -16,6 +18,7 @@ row, whatever the model answers; the stats returned for the manifest count them 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import posixpath
 import time
@@ -24,6 +27,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
@@ -45,7 +49,8 @@ from chatrec.rerank.engines import (
     model_location,
     vllm_answers,
 )
-from chatrec.rerank.prompt import Candidate, answer_schema, clip, load_template, render_prompt
+from chatrec.rerank.grounding import ECHO, Grounding, echoes, natural_title
+from chatrec.rerank.prompt import Candidate, answer_schema, clip, load_template, render_explain_prompt, render_prompt
 from chatrec.rerank.selection import select_users
 from chatrec.rerank.stats import stage_stats
 from chatrec.runtime import cluster_resources, rerank_plan
@@ -57,6 +62,9 @@ logger = logging.getLogger(__name__)
 # Prompts per Ray Data block: a few batches each, so every actor gets work and a slow
 # block does not hold the stage's tail for long.
 BATCHES_PER_BLOCK = 4
+# An explanation is one sentence: about 25 tokens; 48 leave room without letting it ramble.
+EXPLAIN_NEW_TOKENS = 48
+EXPLAIN_TEMPLATE = "explain-v1"
 
 
 def max_new_tokens(cfg: RerankConfig, top_k: int) -> int:
@@ -143,10 +151,10 @@ def rerank_stage(
     logger.info("rerank: %d users, %d selected, %d prompted (%d tokens admitted); engine %s, model %s",
                 len(user_ids), len(selected), len(prompted), spent, engine_name, cfg.model)
     gen_started = time.perf_counter()
-    answers = _generate(prompted, lists, engine=engine, engine_kwargs=engine_kwargs, engine_name=engine_name,
-                        cfg=cfg, plan=plan, spec=spec, fingerprint=fingerprint, engines=engines,
-                        new_tokens=new_tokens, top_k=top_k, context_length=tokens_view.context_length,
-                        progress=progress)
+    generate = dict(engine=engine, engine_kwargs=engine_kwargs, engine_name=engine_name, cfg=cfg, plan=plan,
+                    spec=spec, fingerprint=fingerprint, engines=engines, context_length=tokens_view.context_length)
+    answers = _generate(prompted, {u: answer_schema_json(answer_schema(len(lists[u]), top_k)) for u, _ in prompted},
+                        new_tokens=new_tokens, progress=progress, **generate)
     gen_seconds = time.perf_counter() - gen_started
 
     # 4. Parse
@@ -162,6 +170,17 @@ def rerank_stage(
     for user in user_ids:
         outcomes.setdefault(user, None)  # not selected: the top-K order as it is
 
+    # 4b. One sentence each for the top items the answer left unexplained, then the check
+    explain_started = time.perf_counter()
+    asks = _explain_prompts(outcomes, lists, candidates, catalogue, item_text, cfg, tokens_view) \
+        if cfg.explain_items and prompted else []
+    sentences = _generate(asks, {key: None for key, _ in asks}, new_tokens=EXPLAIN_NEW_TOKENS, **generate)
+    explained = _add_sentences(outcomes, sentences)
+    explain = {"prompts": len(asks), "tokens_in": int(sum(len(ids) for _, ids in asks)),
+               "tokens_out": int(pc.sum(sentences.column("tokens_out")).as_py() or 0),
+               "seconds": round(time.perf_counter() - explain_started, 3)}
+    explanations = _ground(outcomes, candidates, catalogue, item_text, explained)
+
     # 5. Outputs
     status = _status_table(user_ids, outcomes, tokens)
     _write_table(status, status_path)
@@ -169,12 +188,13 @@ def rerank_stage(
     return stage_stats(cfg, status, template=template, fingerprint=fingerprint, engine=engine_name, plan=plan,
                        top_k=top_k, new_tokens=new_tokens, selected=len(selected), prompted=len(prompted),
                        spent=spent, gen_seconds=gen_seconds, context_length=tokens_view.context_length,
-                       seconds=time.perf_counter() - started)
+                       explanations=explanations, explain=explain, seconds=time.perf_counter() - started)
 
 
 def _read_candidates(path: str) -> pl.DataFrame:
     fs, inner = filesystem_for(path)
-    table = pads.dataset(inner, filesystem=fs, format="parquet").to_table(columns=["user_id", "rank", "item_id"])
+    table = pads.dataset(inner, filesystem=fs, format="parquet").to_table(
+        columns=["user_id", "rank", "item_id", "because_item_id", "reason"])
     df = pl.from_arrow(table).sort(["user_id", "rank"])
     # Positions in a user's list and ranks are used interchangeably below.
     gaps = df.filter(pl.col("rank") != pl.int_range(1, pl.len() + 1).over("user_id"))
@@ -188,7 +208,7 @@ def _candidate_lists(candidates: pl.DataFrame, selected: set[str], catalogue: It
     """Each user's candidates in the top-K order, as the prompt shows them. Users not
     selected get their ranks only (the parser never sees them)."""
     row_of = {item_id: i for i, item_id in enumerate(catalogue.item_ids)}
-    texts = dict(zip(item_text.column("item_id").to_pylist(), item_text.column("text").to_pylist())) if item_text is not None else {}
+    texts = _texts_by_item(item_text)
     lists: dict[str, list[Candidate]] = {}
     for user, group in candidates.group_by("user_id", maintain_order=True):
         user = user[0]
@@ -199,11 +219,101 @@ def _candidate_lists(candidates: pl.DataFrame, selected: set[str], catalogue: It
         out = []
         for item in items:
             row = row_of[item]
-            title = catalogue.display_titles[row]
-            text = texts.get(item) or ". ".join([title, ", ".join(sorted(catalogue.categories[row]))]).rstrip(". ")
-            out.append(Candidate(item_id=item, title=title, text=clip(text, chars)))
+            out.append(Candidate(item_id=item, title=catalogue.display_titles[row],
+                                 text=_item_text(texts, catalogue, row, chars)))
         lists[user] = out
     return lists
+
+
+def _texts_by_item(item_text: pa.Table | None) -> dict[str, str]:
+    if item_text is None:
+        return {}
+    return dict(zip(item_text.column("item_id").to_pylist(), item_text.column("text").to_pylist()))
+
+
+def _item_text(texts: dict[str, str], catalogue: ItemCatalogue, row: int, chars: int) -> str:
+    """An item as prompts show it: its item text, or its title and categories without one."""
+    title = catalogue.display_titles[row]
+    text = texts.get(catalogue.item_ids[row]) or ". ".join([title, ", ".join(sorted(catalogue.categories[row]))]).rstrip(". ")
+    return clip(text, chars)
+
+
+def _explain_prompts(outcomes: dict[str, parsing.Reranked | None], lists: dict[str, list[Candidate]],
+                     candidates: pl.DataFrame, catalogue: ItemCatalogue, item_text: pa.Table | None,
+                     cfg: RerankConfig, tokens_view: TokenizerView) -> list[tuple[str, np.ndarray]]:
+    """(key "user<TAB>position", token ids) of the explain-v1 prompt for each of the first
+    `cfg.explain_items` slots of a prompted user's list that has no explanation yet."""
+    template = load_template(EXPLAIN_TEMPLATE)
+    texts = _texts_by_item(item_text)
+    because_of = {(u, r - 1): b for u, r, b in candidates.select("user_id", "rank", "because_item_id").iter_rows()}
+    row_of = {item_id: i for i, item_id in enumerate(catalogue.item_ids)}
+    asks = []
+    for user, outcome in outcomes.items():
+        if outcome is None or outcome.status == parsing.NOT_SELECTED or not lists.get(user):
+            continue
+        for slot, (position, sentence) in enumerate(zip(outcome.order, outcome.explanations)):
+            if slot >= cfg.explain_items:
+                break
+            if sentence is not None:
+                continue
+            because = because_of.get((user, position))
+            because_text = (_item_text(texts, catalogue, row_of[because], cfg.item_chars)
+                            if because is not None and because in row_of else None)
+            message = render_explain_prompt(template, item=natural_title(lists[user][position].text),
+                                            because=natural_title(because_text) if because_text else None)
+            asks.append((f"{user}\t{position}", np.asarray(tokens_view.encode(message), dtype=np.int32)))
+    return asks
+
+
+def _add_sentences(outcomes: dict[str, parsing.Reranked | None], answers: pa.Table) -> set[tuple[str, int]]:
+    """The explain prompts' answers (keyed "user<TAB>position") into the users' outcomes;
+    an empty or failed answer leaves the slot without one. -> the (user, position) filled."""
+    filled = set()
+    for key, text, error in zip(answers.column("user_id").to_pylist(), answers.column("answer").to_pylist(),
+                                answers.column("error").to_pylist()):
+        user, position = key.rsplit("\t", 1)
+        sentence = None if error else parsing.one_sentence(text)
+        if sentence is None:
+            continue
+        outcome = outcomes[user]
+        explanations = [sentence if p == int(position) else e for p, e in zip(outcome.order, outcome.explanations)]
+        outcomes[user] = dataclasses.replace(outcome, explanations=tuple(explanations))
+        filled.add((user, int(position)))
+    return filled
+
+
+def _ground(outcomes: dict[str, parsing.Reranked | None], candidates: pl.DataFrame, catalogue: ItemCatalogue,
+            item_text: pa.Table | None, explained: set[tuple[str, int]]) -> list[tuple[str, str | None]]:
+    """Checks every explanation the model wrote (chatrec.rerank.grounding) against its item's
+    and because-item's facts, and those of explain prompts (`explained`: (user, position))
+    for echoes of the prompt; one that fails is replaced, in `outcomes`, by the row's
+    template reason. -> (explanation, failure code or None) for each one checked."""
+    instructions = load_template(EXPLAIN_TEMPLATE).text
+    texts = None
+    if item_text is not None:
+        texts = [None] * catalogue.size
+        for row, text in zip(item_text.column("row").to_pylist(), item_text.column("text").to_pylist()):
+            texts[row] = text
+    grounding = Grounding(catalogue, texts)
+    row_of = {item_id: i for i, item_id in enumerate(catalogue.item_ids)}
+    checked: list[tuple[str, str | None]] = []
+    wanted = {u for u, o in outcomes.items() if o is not None and any(e is not None for e in o.explanations)}
+    rows = candidates.filter(pl.col("user_id").is_in(list(wanted)))
+    for (user,), group in rows.group_by("user_id", maintain_order=True):
+        outcome = outcomes[user]
+        items, because, reasons = group["item_id"].to_list(), group["because_item_id"].to_list(), group["reason"].to_list()
+        kept = []
+        for position, sentence in zip(outcome.order, outcome.explanations):
+            if sentence is None:
+                kept.append(None)
+                continue
+            code = grounding.check(sentence, row_of[items[position]], row_of.get(because[position]))
+            if code is None and (user, position) in explained and echoes(sentence, instructions):
+                code = ECHO
+            checked.append((sentence, code))
+            kept.append(sentence if code is None else reasons[position])
+        outcomes[user] = dataclasses.replace(outcome, explanations=tuple(kept))
+    return checked
 
 
 def _read_histories(path: str, user_ids: list[str]) -> pa.Table:
@@ -234,10 +344,11 @@ class _PromptContext:
         return [self.titles[r] for r in rows[: self.history_items]]
 
 
-def _generate(prompted, lists, *, engine, engine_kwargs, engine_name, cfg, plan, spec, fingerprint, engines,
-              new_tokens, top_k, context_length, progress=None) -> pa.Table:
-    """engines.ANSWERS for the prompted users (one row each); `progress` counts the answered
-    prompts (the local engines; vLLM reports its own)."""
+def _generate(prompted, answer_schemas, *, engine, engine_kwargs, engine_name, cfg, plan, spec, fingerprint, engines,
+              new_tokens, context_length, progress=None) -> pa.Table:
+    """engines.ANSWERS for the prompts (key, token ids), one row each keyed by `user_id`;
+    `answer_schemas` by key (a JSON schema string for vLLM's structured output, or None for
+    free text). `progress` counts the answered prompts (the local engines; vLLM reports its own)."""
     if not prompted:
         return ANSWERS.empty_table()
     # Similar lengths in one batch waste little padding; the order is restored by user id.
@@ -250,9 +361,7 @@ def _generate(prompted, lists, *, engine, engine_kwargs, engine_name, cfg, plan,
     table = pa.table({
         "user_id": pa.array(users, pa.string()),
         "prompt_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, pa.int32())),
-        "answer_schema": pa.array(
-            [answer_schema_json(answer_schema(len(lists[u]), top_k)) for u in users], pa.string()
-        ),
+        "answer_schema": pa.array([answer_schemas[u] for u in users], pa.string()),
     })
     rows_per_block = size * BATCHES_PER_BLOCK
     ds = ray.data.from_arrow([table.slice(s, rows_per_block) for s in range(0, table.num_rows, rows_per_block)])
@@ -307,7 +416,7 @@ def _apply(candidates_path: str, out_path: str, outcomes: dict, top_k: int, buck
     first K for everyone else. Row by row, so it streams through Ray Data at any size."""
     changed = {}
     for user, outcome in outcomes.items():
-        if outcome is not None and outcome.llm_items:
+        if outcome is not None and (outcome.llm_items or any(e is not None for e in outcome.explanations)):
             changed[user] = (
                 {p + 1: slot + 1 for slot, p in enumerate(outcome.order)},  # top-K rank -> new rank
                 {p + 1: e for p, e in zip(outcome.order, outcome.explanations)},

@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from chatrec.rerank import parsing
 from chatrec.rerank.parsing import parse_answer
 from chatrec.rerank.prompt import Candidate
 
@@ -118,3 +119,14 @@ def test_random_garbage_never_breaks_the_invariants():
         result = parse_answer(text, CANDIDATES, K)
         assert_valid(result)
         assert result.status in {"used", "partial", "fallback"}
+
+
+@pytest.mark.parametrize("answer, sentence", [
+    ('"Heat is a 1970 Drama worth your time." And more.', "Heat is a 1970 Drama worth your time."),
+    ("\n\n**You will love it!** Really.", "You will love it!"),
+    ("One line\nanother line", "One line"),
+    ("  ", None),
+    (None, None),
+])
+def test_an_explain_answer_is_cut_to_its_first_sentence(answer, sentence):
+    assert parsing.one_sentence(answer) == sentence

@@ -21,6 +21,7 @@ from chatrec.item_text import render_item_text
 from chatrec.rerank.engines import ANSWERS, HFGenerator, TokenizerView
 from chatrec.rerank.selection import select_users
 from chatrec.rerank.tiny_lm import write_tiny_causal_lm
+import pipelines.rerank
 from pipelines.rerank import rerank_stage
 
 # Ray workers import this module's classes by value: tests/ is not on their path.
@@ -198,16 +199,26 @@ def test_hf_generation_is_greedy_and_deterministic(world):
     assert os.path.isfile(os.path.join(world["model"], "chat_template.jinja"))
 
 
-@pytest.mark.slow  # about 60 s on 2 cores: the GGUF read twice on the driver, dequantised on the actor
+@pytest.mark.slow  # about 60 s on 2 cores: the GGUF read on the driver, dequantised on the actor
 @NEEDS_SMOLLM2
-def test_the_packaged_smollm2_answers_through_the_stage(ray_cluster, world):
+def test_the_packaged_smollm2_answers_through_the_stage(ray_cluster, world, monkeypatch):
     """A real model: loaded from the packaged GGUF, prompted through its own chat template,
     answers parsed. A 135M model may answer badly; the stage must still complete and count it."""
-    view = TokenizerView("smollm2-135m-instruct")
+    views: list[TokenizerView] = []  # the stage's own view of the model, not one made here
+
+    class RecordedView(TokenizerView):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            views.append(self)
+
+    monkeypatch.setattr(pipelines.rerank, "TokenizerView", RecordedView)
+    stats, recs, status, _ = run(world, "smollm2", model="smollm2-135m-instruct", users=2, batch_size=2,
+                                 explain_items=1)
+    assert views, "the stage built no TokenizerView"
+    view = views[0]
     assert view.chat and view.context_length == 8192
     text = view.tokenizer.decode(view.encode("Rank these."))
     assert text.startswith("<|im_start|>system") and text.endswith("Rank these.<|im_end|>\n<|im_start|>assistant\n")
-    stats, recs, status, _ = run(world, "smollm2", model="smollm2-135m-instruct", users=2, batch_size=2)
     assert_exactly_k_candidates(world, recs)
     prompted = [s for s in status.values() if s["tokens_in"] > 0]
     assert len(prompted) == 2 and all(0 < s["tokens_out"] <= stats["max_new_tokens"] for s in prompted)
@@ -216,3 +227,10 @@ def test_the_packaged_smollm2_answers_through_the_stage(ray_cluster, world):
     counts = stats["users"]
     assert counts["used"] + counts["partial"] + counts["fallback"] == 2 and counts["not_selected"] == 4
     assert "engine-error" not in stats["by_reason"]
+    # Each prompted user's first slot is explained, by the answer or by an explain prompt;
+    # every sentence is checked, and what reaches the output is a grounded one or the reason.
+    explanations = stats["explanations"]
+    assert explanations["written"] >= 1 and explanations["explain_prompts"]["prompts"] <= 2
+    assert explanations["grounded"] + sum(explanations["replaced"].values()) == explanations["written"]
+    published = [r["explanation"] for rows in recs.values() for r in rows if r["explanation"] is not None]
+    assert len(published) == explanations["written"]

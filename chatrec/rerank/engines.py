@@ -294,8 +294,9 @@ def vllm_request(row: dict[str, Any], *, max_new_tokens: int) -> dict[str, Any]:
             "temperature": 0.0,
             "max_tokens": max_new_tokens,
             "detokenize": False,  # the processor's detokenize stage does it
-            # vLLM's StructuredOutputsParams takes the schema as a JSON string.
-            "structured_outputs": {"json": row["answer_schema"]},
+            # vLLM's StructuredOutputsParams takes the schema as a JSON string; an explanation
+            # prompt (no schema) is free text.
+            **({"structured_outputs": {"json": row["answer_schema"]}} if row.get("answer_schema") else {}),
         },
     }
 

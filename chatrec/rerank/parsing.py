@@ -155,6 +155,19 @@ def _first_json(text: str) -> Any:
     return _NO_JSON
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"'”’)]*\s")
+
+
+def one_sentence(text: str | None) -> str | None:
+    """A free-text answer -> its first sentence (first non-empty line, surrounding quotes
+    and markdown stars dropped), capped at EXPLANATION_CHARS; None when nothing is left."""
+    if not text:
+        return None
+    line = next((l for l in text.splitlines() if l.strip(" \t\"'*`")), "")
+    line = line.replace("**", "").strip(" \t\"'*`")
+    return _clean(_SENTENCE_END.split(line, maxsplit=1)[0].strip(" \"'”’“‘"), EXPLANATION_CHARS)
+
+
 def _clean(value: Any, chars: int) -> str | None:
     if not isinstance(value, str) or not value.strip():
         return None

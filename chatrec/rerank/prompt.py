@@ -82,6 +82,13 @@ def render_prompt(
     return string.Template(template.text).substitute(values)
 
 
+def render_explain_prompt(template: Template, *, item: str, because: str | None) -> str:
+    """The user message asking for one item's explanation: `item` and `because` are their
+    item texts (title, categories, readable facts), clipped."""
+    return string.Template(template.text).substitute(
+        {"item": " ".join(item.split()), "because": " ".join(because.split()) if because else NO_HISTORY})
+
+
 def answer_schema(n_candidates: int, k: int) -> dict:
     """JSON schema of the answer the template asks for: engines with structured output
     (vLLM) constrain decoding to it; the parser checks the same rules either way."""

@@ -10,8 +10,10 @@ from chatrec.rerank import parsing
 
 
 def stage_stats(cfg: RerankConfig, status: pa.Table, *, template, fingerprint, engine, plan, top_k, new_tokens,
-                selected, prompted, spent, gen_seconds, context_length, seconds) -> dict:
-    """Counts by status and reason, tokens in/out and throughput, template and model."""
+                selected, prompted, spent, gen_seconds, context_length, seconds,
+                explanations: list[tuple[str, str | None]] = (), explain: dict | None = None) -> dict:
+    """Counts by status and reason, tokens in/out and throughput, template and model, and
+    the explanations' grounding (`explanations`: each checked sentence and its failure code)."""
     df = pl.from_arrow(status)
     by_status = {s: 0 for s in parsing.STATUSES}
     by_status.update(dict(df.group_by("status").len().iter_rows()))
@@ -29,6 +31,7 @@ def stage_stats(cfg: RerankConfig, status: pa.Table, *, template, fingerprint, e
         "users": {"total": df.height, "selected": selected, "prompted": prompted,
                   **{s.replace("-", "_"): by_status[s] for s in parsing.STATUSES}},
         "by_reason": by_reason,
+        "explanations": {**explanation_stats(explanations), "explain_prompts": explain or {}},
         "tokens": {"in": tokens_in, "out": tokens_out, "admitted": spent},
         "generate_seconds": round(gen_seconds, 3),
         "seconds": round(seconds, 3),
@@ -38,10 +41,39 @@ def stage_stats(cfg: RerankConfig, status: pa.Table, *, template, fingerprint, e
     }
 
 
+EXAMPLES_PER_CODE = 2
+
+
+def explanation_stats(checked: list[tuple[str, str | None]]) -> dict:
+    """The model's explanations: how many it wrote, the share that passed the grounding check
+    (chatrec.rerank.grounding; the rest were replaced by the template reason, counted by
+    code), the share of distinct sentences among the grounded, and their mean length."""
+    kept = [sentence for sentence, code in checked if code is None]
+    replaced: dict[str, int] = {}
+    examples: dict[str, list[str]] = {}
+    for sentence, code in checked:
+        if code is not None:
+            replaced[code] = replaced.get(code, 0) + 1
+            if len(examples.setdefault(code, [])) < EXAMPLES_PER_CODE:
+                examples[code].append(sentence)
+    return {
+        "written": len(checked),
+        "grounded": len(kept),
+        "grounded_share": round(len(kept) / len(checked), 4) if checked else None,
+        "replaced": dict(sorted(replaced.items())),
+        "distinct_share": round(len(set(kept)) / len(kept), 4) if kept else None,
+        "mean_chars": round(sum(map(len, kept)) / len(kept), 1) if kept else None,
+        # What failed, in the model's words: the first few per code (the output keeps the reason).
+        "replaced_examples": dict(sorted(examples.items())),
+    }
+
+
 def describe(stats: dict) -> str:
     """One line for the stage log and the summary: statuses, reasons, tokens."""
     users = stats["users"]
     reasons = ", ".join(f"{r} {n}" for r, n in stats["by_reason"].items())
     return (f"used {users['used']}, partial {users['partial']}, fallback {users['fallback']}, "
             f"not selected {users['not_selected']}" + (f" ({reasons})" if reasons else "")
-            + f"; {stats['tokens']['in']} tokens in, {stats['tokens']['out']} out")
+            + f"; {stats['tokens']['in']} tokens in, {stats['tokens']['out']} out"
+            + (f"; explanations grounded {ex['grounded']}/{ex['written']}" if (ex := stats.get("explanations"))
+               and ex["written"] else ""))
