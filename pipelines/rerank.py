@@ -176,7 +176,9 @@ def rerank_stage(
         if cfg.explain_items and prompted else []
     sentences = _generate(asks, {key: None for key, _ in asks}, new_tokens=EXPLAIN_NEW_TOKENS, **generate)
     explained = _add_sentences(outcomes, sentences)
-    explain = {"prompts": len(asks), "tokens_in": int(sum(len(ids) for _, ids in asks)),
+    explain_template = load_template(EXPLAIN_TEMPLATE)
+    explain = {"template": {"name": explain_template.name, "sha256": explain_template.sha256,
+                            "version": explain_template.version}, "prompts": len(asks), "tokens_in": int(sum(len(ids) for _, ids in asks)),
                "tokens_out": int(pc.sum(sentences.column("tokens_out")).as_py() or 0),
                "seconds": round(time.perf_counter() - explain_started, 3)}
     explanations = _ground(outcomes, candidates, catalogue, item_text, explained)
