@@ -174,13 +174,25 @@ def rerank_stage(
     explain_started = time.perf_counter()
     asks = _explain_prompts(outcomes, lists, candidates, catalogue, item_text, cfg, tokens_view) \
         if cfg.explain_items and prompted else []
+    # The token budget covers these prompts too, admitted in order after the rerank prompts.
+    admitted = explain_spent = 0
+    for _, ids in asks:
+        cost = len(ids) + EXPLAIN_NEW_TOKENS
+        if cfg.token_budget is not None and spent + explain_spent + cost > cfg.token_budget:
+            break
+        explain_spent, admitted = explain_spent + cost, admitted + 1
+    over_budget, asks = len(asks) - admitted, asks[:admitted]
     sentences = _generate(asks, {key: None for key, _ in asks}, new_tokens=EXPLAIN_NEW_TOKENS, **generate)
     explained = _add_sentences(outcomes, sentences)
-    explain_template = load_template(EXPLAIN_TEMPLATE)
-    explain = {"template": {"name": explain_template.name, "sha256": explain_template.sha256,
-                            "version": explain_template.version}, "prompts": len(asks), "tokens_in": int(sum(len(ids) for _, ids in asks)),
-               "tokens_out": int(pc.sum(sentences.column("tokens_out")).as_py() or 0),
-               "seconds": round(time.perf_counter() - explain_started, 3)}
+    template_of_explain = load_template(EXPLAIN_TEMPLATE)
+    explain = {
+        "template": {"name": template_of_explain.name, "sha256": template_of_explain.sha256,
+                     "version": template_of_explain.version},
+        "prompts": len(asks), "over_budget": over_budget, "admitted": explain_spent,
+        "tokens_in": int(sum(len(ids) for _, ids in asks)),
+        "tokens_out": int(pc.sum(sentences.column("tokens_out")).as_py() or 0),
+        "seconds": round(time.perf_counter() - explain_started, 3),
+    }
     explanations = _ground(outcomes, candidates, catalogue, item_text, explained)
 
     # 5. Outputs

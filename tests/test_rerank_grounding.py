@@ -117,6 +117,8 @@ def test_an_explain_answer_that_repeats_the_prompt_is_an_echo_and_titles_read_na
     instructions = "In one sentence, say to them what the two share and why they may enjoy the recommendation."
     assert echoes("Say to them what the two share: both thrillers.", instructions)
     assert not echoes("The two share a taste for slow-burning thrillers.", instructions)
+    # A placeholder's name is not the prompt's wording: no run spans $because.
+    assert not echoes("They liked because we recommend it.", "Someone liked $because\nWe recommend $item")
     assert natural_title("Assignment, The (1997). Action, Thriller") == "The Assignment (1997). Action, Thriller"
     assert natural_title("Walk in the Clouds, A (1995)") == "A Walk in the Clouds (1995)"
     assert natural_title("Toy Story (1995). Animation") == "Toy Story (1995). Animation"

@@ -164,6 +164,10 @@ def test_token_budget_admits_users_in_hash_order_and_the_rest_are_over_budget(ra
     assert [u for u in order if status[u]["tokens_in"] > 0] == order[:2]
     assert all((status[u]["status"], status[u]["reason"]) == ("not-selected", "over-budget") for u in order[2:])
     assert stats["users"]["prompted"] == 2 and stats["tokens"]["admitted"] == cost[0] + cost[1]
+    # The two prompted users' answers were empty: their explain prompts share what is left.
+    explain = stats["explanations"]["explain_prompts"]
+    assert explain["prompts"] >= 1 and explain["over_budget"] >= 1 and explain["prompts"] + explain["over_budget"] == 6
+    assert explain["admitted"] == explain["tokens_in"] + 48 * explain["prompts"] <= cost[2] - 1
 
 
 def test_prompts_past_the_context_fall_back_without_being_sent(ray_cluster, world):

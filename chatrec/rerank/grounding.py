@@ -64,8 +64,10 @@ def title_keys(display_title: str) -> set[str]:
 def echoes(sentence: str, instructions: str, words: int = ECHO_WORDS) -> bool:
     """Whether `sentence` repeats `words` or more words in a row of `instructions` (a
     template's own text, placeholders left out)."""
-    said = [w.casefold() for w in _words(instructions) if not w.startswith("$")]
-    runs = {tuple(said[i:i + words]) for i in range(len(said) - words + 1)}
+    runs = set()
+    for part in re.split(r"\$\w+", instructions):  # no run spans a placeholder
+        said = [w.casefold() for w in _words(part)]
+        runs |= {tuple(said[i:i + words]) for i in range(len(said) - words + 1)}
     got = [w.casefold() for w in _words(sentence)]
     return any(tuple(got[i:i + words]) in runs for i in range(len(got) - words + 1))
 
