@@ -172,8 +172,8 @@ def rerank_stage(
 
     # 4b. One sentence each for the top items the answer left unexplained, then the check
     explain_started = time.perf_counter()
-    asks = _explain_prompts(outcomes, lists, candidates, catalogue, item_text, cfg, tokens_view) \
-        if cfg.explain_items and prompted else []
+    asks = _explain_prompts({u: outcomes[u] for u, _ in prompted}, lists, candidates, catalogue, item_text, cfg,
+                            tokens_view) if cfg.explain_items else []
     # The token budget covers these prompts too, admitted in order after the rerank prompts.
     admitted = explain_spent = 0
     for _, ids in asks:
@@ -256,14 +256,15 @@ def _explain_prompts(outcomes: dict[str, parsing.Reranked | None], lists: dict[s
                      candidates: pl.DataFrame, catalogue: ItemCatalogue, item_text: pa.Table | None,
                      cfg: RerankConfig, tokens_view: TokenizerView) -> list[tuple[str, np.ndarray]]:
     """(key "user<TAB>position", token ids) of the explain-v1 prompt for each of the first
-    `cfg.explain_items` slots of a prompted user's list that has no explanation yet."""
+    `cfg.explain_items` slots of each user's list (`outcomes`: the prompted users') that has
+    no explanation yet."""
     template = load_template(EXPLAIN_TEMPLATE)
     texts = _texts_by_item(item_text)
     because_of = {(u, r - 1): b for u, r, b in candidates.select("user_id", "rank", "because_item_id").iter_rows()}
     row_of = {item_id: i for i, item_id in enumerate(catalogue.item_ids)}
     asks = []
     for user, outcome in outcomes.items():
-        if outcome is None or outcome.status == parsing.NOT_SELECTED or not lists.get(user):
+        if not lists.get(user):
             continue
         for slot, (position, sentence) in enumerate(zip(outcome.order, outcome.explanations)):
             if slot >= cfg.explain_items:

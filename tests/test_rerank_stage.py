@@ -176,6 +176,7 @@ def test_prompts_past_the_context_fall_back_without_being_sent(ray_cluster, worl
     assert_exactly_k_candidates(world, recs)
     assert {(s["status"], s["reason"]) for s in status.values()} == {("fallback", "too-long")}
     assert stats["users"]["prompted"] == 0 and stats["tokens"]["in"] == 0
+    assert stats["explanations"]["explain_prompts"]["prompts"] == 0  # only prompted users' items are explained
 
 
 def test_hf_engine_with_a_tiny_random_lm_end_to_end(ray_cluster, world):
