@@ -200,11 +200,8 @@ def lm_fingerprint(files: LMFiles) -> str:
 def resolve_lm_checked(spec: str, fingerprint: str | None, role: str = "model") -> LMFiles:
     """`resolve_causal_lm` on a worker node, checked against the driver's fingerprint."""
     files = resolve_causal_lm(spec)
-    if fingerprint is not None and (mine := lm_fingerprint(files)) != fingerprint:
-        raise ModelLoadError(
-            f"{role} {spec!r} on this node differs from the driver's (fingerprint {mine} != {fingerprint}); "
-            "install the same weights everywhere"
-        )
+    if fingerprint is not None:
+        _same_weights(spec, lm_fingerprint(files), fingerprint, role)
     return files
 
 
@@ -212,9 +209,14 @@ def resolve_checked(spec: str, fingerprint: str | None, role: str = "model") -> 
     """`resolve_model_dir` on a worker node, checked against the driver's fingerprint: a node
     with other weights under the same spec is an error, not a silent mix of models."""
     model_dir = resolve_model_dir(spec)
-    if fingerprint is not None and model_fingerprint(model_dir) != fingerprint:
-        raise ModelLoadError(
-            f"{role} {spec!r} on this node differs from the driver's (fingerprint "
-            f"{model_fingerprint(model_dir)} != {fingerprint}); install the same weights everywhere"
-        )
+    if fingerprint is not None:
+        _same_weights(spec, model_fingerprint(model_dir), fingerprint, role)
     return model_dir
+
+
+def _same_weights(spec: str, mine: str, drivers: str, role: str) -> None:
+    if mine != drivers:
+        raise ModelLoadError(
+            f"{role} {spec!r} on this node differs from the driver's (fingerprint {mine} != {drivers}); "
+            "install the same weights everywhere"
+        )

@@ -49,8 +49,16 @@ from chatrec.rerank.engines import (
     model_location,
     vllm_answers,
 )
-from chatrec.rerank.grounding import ECHO, Grounding, echoes, natural_title
-from chatrec.rerank.prompt import Candidate, answer_schema, clip, load_template, render_explain_prompt, render_prompt
+from chatrec.rerank.grounding import ECHO, Grounding, echoes
+from chatrec.rerank.prompt import (
+    Candidate,
+    Template,
+    answer_schema,
+    clip,
+    load_template,
+    render_explain_prompt,
+    render_prompt,
+)
 from chatrec.rerank.selection import select_users
 from chatrec.rerank.stats import stage_stats
 from chatrec.runtime import cluster_resources, rerank_plan
@@ -117,7 +125,9 @@ def rerank_stage(
     candidates = _read_candidates(candidates_path)
     user_ids = candidates["user_id"].unique(maintain_order=True).to_list()
     selected = select_users(user_ids, cfg.users, seed=cfg.seed, users_table=users)
-    lists = _candidate_lists(candidates, set(selected), catalogue, item_text, cfg.item_chars)
+    texts = _texts_by_item(item_text)
+    row_of = {item_id: i for i, item_id in enumerate(catalogue.item_ids)}
+    lists = _candidate_lists(candidates, set(selected), catalogue, texts, row_of, cfg.item_chars)
 
     # 2. Prompts, tokens, budget
     if isinstance(histories, str):
@@ -172,8 +182,9 @@ def rerank_stage(
 
     # 4b. One sentence each for the top items the answer left unexplained, then the check
     explain_started = time.perf_counter()
-    asks = _explain_prompts({u: outcomes[u] for u, _ in prompted}, lists, candidates, catalogue, item_text, cfg,
-                            tokens_view) if cfg.explain_items else []
+    explain_template = load_template(EXPLAIN_TEMPLATE)
+    asks = _explain_prompts({u: outcomes[u] for u, _ in prompted}, lists, candidates, catalogue, texts, row_of,
+                            explain_template, cfg, tokens_view) if cfg.explain_items else []
     # The token budget covers these prompts too, admitted in order after the rerank prompts.
     admitted = explain_spent = 0
     for _, ids in asks:
@@ -184,16 +195,15 @@ def rerank_stage(
     over_budget, asks = len(asks) - admitted, asks[:admitted]
     sentences = _generate(asks, {key: None for key, _ in asks}, new_tokens=EXPLAIN_NEW_TOKENS, **generate)
     explained = _add_sentences(outcomes, sentences)
-    template_of_explain = load_template(EXPLAIN_TEMPLATE)
     explain = {
-        "template": {"name": template_of_explain.name, "sha256": template_of_explain.sha256,
-                     "version": template_of_explain.version},
+        "template": {"name": explain_template.name, "sha256": explain_template.sha256,
+                     "version": explain_template.version},
         "prompts": len(asks), "over_budget": over_budget, "admitted": explain_spent,
         "tokens_in": int(sum(len(ids) for _, ids in asks)),
         "tokens_out": int(pc.sum(sentences.column("tokens_out")).as_py() or 0),
         "seconds": round(time.perf_counter() - explain_started, 3),
     }
-    explanations = _ground(outcomes, candidates, catalogue, item_text, explained)
+    explanations = _ground(outcomes, candidates, catalogue, texts, row_of, explained, explain_template.text)
 
     # 5. Outputs
     status = _status_table(user_ids, outcomes, tokens)
@@ -218,11 +228,9 @@ def _read_candidates(path: str) -> pl.DataFrame:
 
 
 def _candidate_lists(candidates: pl.DataFrame, selected: set[str], catalogue: ItemCatalogue,
-                     item_text: pa.Table | None, chars: int) -> dict[str, list[Candidate]]:
+                     texts: dict[str, str], row_of: dict[str, int], chars: int) -> dict[str, list[Candidate]]:
     """Each user's candidates in the top-K order, as the prompt shows them. Users not
     selected get their ranks only (the parser never sees them)."""
-    row_of = {item_id: i for i, item_id in enumerate(catalogue.item_ids)}
-    texts = _texts_by_item(item_text)
     lists: dict[str, list[Candidate]] = {}
     for user, group in candidates.group_by("user_id", maintain_order=True):
         user = user[0]
@@ -253,15 +261,13 @@ def _item_text(texts: dict[str, str], catalogue: ItemCatalogue, row: int, chars:
 
 
 def _explain_prompts(outcomes: dict[str, parsing.Reranked | None], lists: dict[str, list[Candidate]],
-                     candidates: pl.DataFrame, catalogue: ItemCatalogue, item_text: pa.Table | None,
-                     cfg: RerankConfig, tokens_view: TokenizerView) -> list[tuple[str, np.ndarray]]:
+                     candidates: pl.DataFrame, catalogue: ItemCatalogue, texts: dict[str, str],
+                     row_of: dict[str, int], template: Template, cfg: RerankConfig,
+                     tokens_view: TokenizerView) -> list[tuple[str, np.ndarray]]:
     """(key "user<TAB>position", token ids) of the explain-v1 prompt for each of the first
     `cfg.explain_items` slots of each user's list (`outcomes`: the prompted users') that has
     no explanation yet."""
-    template = load_template(EXPLAIN_TEMPLATE)
-    texts = _texts_by_item(item_text)
     because_of = {(u, r - 1): b for u, r, b in candidates.select("user_id", "rank", "because_item_id").iter_rows()}
-    row_of = {item_id: i for i, item_id in enumerate(catalogue.item_ids)}
     asks = []
     for user, outcome in outcomes.items():
         if not lists.get(user):
@@ -274,8 +280,7 @@ def _explain_prompts(outcomes: dict[str, parsing.Reranked | None], lists: dict[s
             because = because_of.get((user, position))
             because_text = (_item_text(texts, catalogue, row_of[because], cfg.item_chars)
                             if because is not None and because in row_of else None)
-            message = render_explain_prompt(template, item=natural_title(lists[user][position].text),
-                                            because=natural_title(because_text) if because_text else None)
+            message = render_explain_prompt(template, item=lists[user][position].text, because=because_text)
             asks.append((f"{user}\t{position}", np.asarray(tokens_view.encode(message), dtype=np.int32)))
     return asks
 
@@ -298,19 +303,14 @@ def _add_sentences(outcomes: dict[str, parsing.Reranked | None], answers: pa.Tab
 
 
 def _ground(outcomes: dict[str, parsing.Reranked | None], candidates: pl.DataFrame, catalogue: ItemCatalogue,
-            item_text: pa.Table | None, explained: set[tuple[str, int]]) -> list[tuple[str, str | None]]:
+            texts: dict[str, str], row_of: dict[str, int], explained: set[tuple[str, int]],
+            instructions: str) -> list[tuple[str, str | None]]:
     """Checks every explanation the model wrote (chatrec.rerank.grounding) against its item's
     and because-item's facts, and those of explain prompts (`explained`: (user, position))
     for echoes of the prompt; one that fails is replaced, in `outcomes`, by the row's
-    template reason. -> (explanation, failure code or None) for each one checked."""
-    instructions = load_template(EXPLAIN_TEMPLATE).text
-    texts = None
-    if item_text is not None:
-        texts = [None] * catalogue.size
-        for row, text in zip(item_text.column("row").to_pylist(), item_text.column("text").to_pylist()):
-            texts[row] = text
-    grounding = Grounding(catalogue, texts)
-    row_of = {item_id: i for i, item_id in enumerate(catalogue.item_ids)}
+    template reason (`instructions`: the explain template's text). -> (explanation, failure
+    code or None) for each one checked."""
+    grounding = Grounding(catalogue, [texts.get(item) for item in catalogue.item_ids] if texts else None)
     checked: list[tuple[str, str | None]] = []
     wanted = {u for u, o in outcomes.items() if o is not None and any(e is not None for e in o.explanations)}
     rows = candidates.filter(pl.col("user_id").is_in(list(wanted)))

@@ -11,7 +11,8 @@ import pytest
 from chatrec import schemas
 from chatrec.catalogue import build_catalogue
 from chatrec.item_text import render_item_text
-from chatrec.rerank.grounding import Grounding, echoes, natural_title, title_keys
+from chatrec.rerank.grounding import Grounding, echoes, title_keys
+from chatrec.rerank.prompt import natural_title
 from tests.test_rerank_stage import ScriptedEngine, world  # noqa: F401 (a fixture)
 from tests.test_rerank_stage import run as stage_run
 

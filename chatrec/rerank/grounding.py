@@ -43,7 +43,6 @@ _WORD = re.compile(r"[\w'&.-]+", re.UNICODE)
 _YEAR = re.compile(r"\b(1[89]\d\d|20\d\d)\b")
 _TITLE_YEAR = re.compile(r"\s*\(\d{4}\)\s*$")
 _TRAILING_ARTICLE = re.compile(r"^(.*), (the|a|an)$")
-_LEADING_TITLE_ARTICLE = re.compile(r"^([^.]*?), (The|A|An)\b(?=\s*(\(\d{4}\))?(\.|$|\s))")
 # Words that start a sentence or a clause capitalised without naming anything.
 _STARTERS = frozenset("""a an the this that these those it its it's if as since because both like you your
 you'll you've fans another with for and but or so then here there what which who my our their his her
@@ -70,13 +69,6 @@ def echoes(sentence: str, instructions: str, words: int = ECHO_WORDS) -> bool:
         runs |= {tuple(said[i:i + words]) for i in range(len(said) - words + 1)}
     got = [w.casefold() for w in _words(sentence)]
     return any(tuple(got[i:i + words]) in runs for i in range(len(got) - words + 1))
-
-
-def natural_title(text: str) -> str:
-    """A catalogue title with a trailing article put back in front, as people write it:
-    "Assignment, The (1997). Thriller" -> "The Assignment (1997). Thriller" (a small model
-    given the catalogue's form tends to call the item "The (1997)")."""
-    return _LEADING_TITLE_ARTICLE.sub(r"\2 \1", text, count=1)
 
 
 def _words(text: str) -> list[str]:

@@ -12,11 +12,13 @@ here depends on time, randomness or dictionary order.
 from __future__ import annotations
 
 import hashlib
+import re
 import string
 from dataclasses import dataclass
 from importlib import resources
 from typing import Sequence
 
+_LEADING_TITLE_ARTICLE = re.compile(r"^([^.]*?), (The|A|An)\b(?=\s*(\(\d{4}\))?(\.|$|\s))")
 NO_PROFILE = "not given"
 NO_HISTORY = "(nothing yet)"
 
@@ -84,9 +86,17 @@ def render_prompt(
 
 def render_explain_prompt(template: Template, *, item: str, because: str | None) -> str:
     """The user message asking for one item's explanation: `item` and `because` are their
-    item texts (title, categories, readable facts), clipped."""
+    item texts (title, categories, readable facts), clipped; titles read naturally."""
     return string.Template(template.text).substitute(
-        {"item": " ".join(item.split()), "because": " ".join(because.split()) if because else NO_HISTORY})
+        {"item": natural_title(" ".join(item.split())),
+         "because": natural_title(" ".join(because.split())) if because else NO_HISTORY})
+
+
+def natural_title(text: str) -> str:
+    """A catalogue title with a trailing article put back in front, as people write it:
+    "Assignment, The (1997). Thriller" -> "The Assignment (1997). Thriller" (a small model
+    given the catalogue's form tends to call the item "The (1997)")."""
+    return _LEADING_TITLE_ARTICLE.sub(r"\2 \1", text, count=1)
 
 
 def answer_schema(n_candidates: int, k: int) -> dict:
