@@ -19,7 +19,11 @@ def test_a_call_from_another_thread_searches_with_the_configured_threads():
     ids = ["a", "b", "c", "d"]
     catalogue = ItemCatalogue(item_ids=np.array(ids, dtype=object), vectors=vectors, display_titles=ids,
                               categories=[frozenset()] * 4, entities=[frozenset()] * 4, entity_items={})
-    wanted = faiss.omp_get_max_threads() + 1  # not what a new thread starts with
+    fresh = {}
+    probe = threading.Thread(target=lambda: fresh.setdefault("threads", faiss.omp_get_max_threads()))
+    probe.start()
+    probe.join()
+    wanted = fresh["threads"] + 1  # not what a new thread starts with
     recommender = Recommender(index=ExactIndex.build(vectors).to_bytes(), catalogue=catalogue, top_k=2,
                               search_batch_size=8, run_id="r", threads=wanted)
     batch = pa.table({"user_id": ["u"], "embedding": to_fixed_size_list(vectors[:1]),
